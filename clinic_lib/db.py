@@ -1,0 +1,311 @@
+"""The database: one engine factory and the schema, the same on SQLite and Postgres.
+
+SQLAlchemy Core only. Instants are stored in UTC (ISO 8601 text with ``+00:00`` on SQLite,
+``timestamptz`` on Postgres); calendar dates as ``YYYY-MM-DD`` text on SQLite and ``date`` on
+Postgres; money as integer cents, so sums are exact on both. Constraints live in the table
+definitions (CHECKs, foreign keys) and in triggers (see ``migrate.py``) where a CHECK cannot see
+another table.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from .config import get_settings
+
+metadata = sa.MetaData()
+
+# Stored types, one per kind of value, with the SQLite form beside the Postgres one.
+Instant = sa.DateTime(timezone=True).with_variant(sa.String(25), "sqlite")
+Day = sa.Date().with_variant(sa.String(10), "sqlite")
+Flag = sa.SmallInteger
+Cents = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+APPOINTMENT_STATUSES = ("booked", "completed", "canceled", "no_show")
+PAYMENT_METHODS = ("cash", "card", "transfer", "insurance")
+CALL_OUTCOMES = ("reached", "voicemail", "no_answer", "confirmed", "rescheduled", "canceled")
+
+
+def _flag(name: str, table: str) -> sa.CheckConstraint:
+    return sa.CheckConstraint(f"{name} IN (0, 1)", name=f"ck_{table}_{name}_flag")
+
+
+def _in(name: str, values, table: str) -> sa.CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{name} IN ({listed})", name=f"ck_{table}_{name}")
+
+
+patients = sa.Table(
+    "patients", metadata,
+    sa.Column("patient_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("first_name", sa.Text, nullable=False),
+    sa.Column("last_name", sa.Text, nullable=False),
+    sa.Column("phone", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("consent_form_received", Flag, nullable=False, server_default="0"),
+    sa.Column("reminder_consent", Flag, nullable=False, server_default="0"),
+    sa.Column("date_of_birth", Day),
+    sa.Column("gender", sa.Text),
+    sa.Column("created_at", Instant, nullable=False),
+    _flag("consent_form_received", "patients"),
+    _flag("reminder_consent", "patients"),
+    sa.CheckConstraint("gender IS NULL OR gender IN ('F', 'M', 'X')", name="ck_patients_gender"),
+)
+
+physios = sa.Table(
+    "physios", metadata,
+    sa.Column("physio_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("full_name", sa.Text, nullable=False),
+    sa.Column("active", Flag, nullable=False, server_default="1"),
+    _flag("active", "physios"),
+)
+
+# The weekly roster: one row per block of work (a break splits a day into two blocks).
+# Times are clinic-local wall-clock times 'HH:MM', so a roster means the same hours across DST.
+physio_hours = sa.Table(
+    "physio_hours", metadata,
+    sa.Column("physio_id", Id, sa.ForeignKey("physios.physio_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("weekday", sa.SmallInteger, primary_key=True),  # 0 = Monday .. 6 = Sunday
+    sa.Column("start_time", sa.String(5), primary_key=True),
+    sa.Column("end_time", sa.String(5), nullable=False),
+    sa.CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_physio_hours_weekday"),
+    sa.CheckConstraint("end_time > start_time", name="ck_physio_hours_end_after_start"),
+)
+
+appointments = sa.Table(
+    "appointments", metadata,
+    sa.Column("appointment_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("patient_id", Id, sa.ForeignKey("patients.patient_id"), nullable=False),
+    # Nullable: imported data (the public no-show file) has no practitioner.
+    sa.Column("physio_id", Id, sa.ForeignKey("physios.physio_id")),
+    sa.Column("appt_start", Instant, nullable=False),
+    sa.Column("appt_end", Instant, nullable=False),
+    sa.Column("booked_at", Instant, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("canceled_at", Instant),
+    sa.Column("price_estimate_cents", Cents),
+    sa.Column("is_first_visit", Flag, nullable=False, server_default="0"),
+    sa.Column("local_date", Day, nullable=False),  # clinic-local date of appt_start
+    _in("status", APPOINTMENT_STATUSES, "appointments"),
+    sa.CheckConstraint("appt_end > appt_start", name="ck_appointments_end_after_start"),
+    sa.CheckConstraint("booked_at <= appt_start", name="ck_appointments_booked_before_start"),
+    sa.CheckConstraint("price_estimate_cents IS NULL OR price_estimate_cents >= 0",
+                       name="ck_appointments_price_non_negative"),
+    sa.CheckConstraint("canceled_at IS NULL OR status = 'canceled'",
+                       name="ck_appointments_canceled_at_only_for_canceled"),
+    _flag("is_first_visit", "appointments"),
+    sa.Index("ix_appointments_local_date", "local_date"),
+    sa.Index("ix_appointments_patient_start", "patient_id", "appt_start"),
+    sa.Index("ix_appointments_physio_start", "physio_id", "appt_start"),
+)
+
+payments = sa.Table(
+    "payments", metadata,
+    sa.Column("payment_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("appointment_id", Id, sa.ForeignKey("appointments.appointment_id"), nullable=False),
+    sa.Column("amount_cents", Cents, nullable=False),
+    sa.Column("paid_at", Instant, nullable=False),
+    sa.Column("paid_date", Day, nullable=False),  # clinic-local date of paid_at
+    sa.Column("method", sa.String(10), nullable=False),
+    sa.CheckConstraint("amount_cents >= 0", name="ck_payments_amount_non_negative"),
+    _in("method", PAYMENT_METHODS, "payments"),
+    sa.Index("ix_payments_appointment", "appointment_id"),
+    sa.Index("ix_payments_paid_date", "paid_date"),
+)
+
+etl_runs = sa.Table(
+    "etl_runs", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.Text, nullable=False),
+    sa.Column("day", Day),
+    sa.Column("started_at", Instant, nullable=False),
+    sa.Column("finished_at", Instant),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("rows_read", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_written", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error_message", sa.Text),
+    _in("status", ("ok", "failed"), "etl_runs"),
+    sa.Index("ix_etl_runs_job_day", "job", "day"),
+)
+
+validation_runs = sa.Table(
+    "validation_runs", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(10), nullable=False),  # 'drop' or 'db'
+    sa.Column("day", Day),
+    sa.Column("started_at", Instant, nullable=False),
+    sa.Column("finished_at", Instant),
+    sa.Column("status", sa.String(10), nullable=False),  # ok / warnings / errors / failed
+    sa.Column("n_errors", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("n_warnings", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("report_path", sa.Text),
+    sa.Column("summary", sa.Text),
+    _in("scope", ("drop", "db"), "validation_runs"),
+    _in("status", ("ok", "warnings", "errors", "failed"), "validation_runs"),
+)
+
+model_runs = sa.Table(
+    "model_runs", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_version", sa.Text, nullable=False, unique=True),
+    sa.Column("trained_at", Instant, nullable=False),
+    sa.Column("as_of", Day, nullable=False),
+    sa.Column("model_kind", sa.Text, nullable=False),
+    sa.Column("train_start", Day),
+    sa.Column("train_end", Day),
+    sa.Column("valid_start", Day),
+    sa.Column("valid_end", Day),
+    sa.Column("n_train", sa.Integer),
+    sa.Column("n_valid", sa.Integer),
+    sa.Column("roc_auc", sa.Float),
+    sa.Column("average_precision", sa.Float),
+    sa.Column("brier", sa.Float),
+    sa.Column("log_loss", sa.Float),
+    sa.Column("base_rate", sa.Float),
+    sa.Column("data_fingerprint", sa.Text),
+    sa.Column("model_path", sa.Text),
+)
+
+risk_scores = sa.Table(
+    "risk_scores", metadata,
+    sa.Column("day", Day, primary_key=True),
+    sa.Column("appointment_id", Id, sa.ForeignKey("appointments.appointment_id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("risk", sa.Float, nullable=False),
+    sa.Column("risk_bucket", sa.String(10), nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("scored_at", Instant, nullable=False),
+    sa.CheckConstraint("risk >= 0 AND risk <= 1", name="ck_risk_scores_risk_range"),
+    _in("risk_bucket", ("low", "medium", "high"), "risk_scores"),
+)
+
+priorities = sa.Table(
+    "priorities", metadata,
+    sa.Column("day", Day, primary_key=True),
+    sa.Column("appointment_id", Id, sa.ForeignKey("appointments.appointment_id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("is_new_patient", Flag, nullable=False),
+    sa.Column("missing_phone", Flag, nullable=False),
+    sa.Column("missing_consent", Flag, nullable=False),
+    sa.Column("risk_score", sa.Float, nullable=False),
+    sa.Column("risk_bucket", sa.String(10), nullable=False),
+    sa.Column("risk_source", sa.String(10), nullable=False),
+    sa.Column("priority_score", sa.Float, nullable=False),
+    sa.Column("priority_reason", sa.Text, nullable=False),
+    sa.Column("built_at", Instant, nullable=False),
+    _in("risk_source", ("model", "heuristic"), "priorities"),
+    sa.Index("ix_priorities_day_rank", "day", "rank"),
+)
+
+call_outcomes = sa.Table(
+    "call_outcomes", metadata,
+    sa.Column("outcome_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("appointment_id", Id, sa.ForeignKey("appointments.appointment_id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("outcome", sa.String(12), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("recorded_at", Instant, nullable=False),
+    _in("outcome", CALL_OUTCOMES, "call_outcomes"),
+    sa.Index("ix_call_outcomes_appointment", "appointment_id", "outcome_id"),
+)
+
+reminders = sa.Table(
+    "reminders", metadata,
+    sa.Column("reminder_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("appointment_id", Id, sa.ForeignKey("appointments.appointment_id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("file_path", sa.Text),
+    sa.Column("smtp_delivered", Flag, nullable=False, server_default="0"),
+    sa.Column("sent_at", Instant, nullable=False),
+    sa.Index("ix_reminders_appointment", "appointment_id"),
+)
+
+# Tables holding the clinic's data (what a content hash compares); the rest are run logs.
+DATA_TABLES = ("patients", "physios", "physio_hours", "appointments", "payments")
+
+
+def _sqlite_pragmas(dbapi_connection, _record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn):
+    # Writers take the write lock at BEGIN (waiting up to busy_timeout) instead of failing on a
+    # lock upgrade halfway through; readers start a plain deferred transaction.
+    immediate = conn.get_execution_options().get("write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def begin_write(engine: sa.Engine):
+    """A transaction that will write: ``with begin_write(engine) as conn: ...`` (one commit)."""
+    return engine.execution_options(write=True).begin()
+
+
+def make_engine(url: str | None = None) -> sa.Engine:
+    """An engine for ``url`` (default: the configured DATABASE_URL).
+
+    Every SQLite connection enforces foreign keys, uses WAL and waits up to 30 s for a lock.
+    """
+    url = url or get_settings().database_url
+    if url.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling would start transactions late; take control so
+        # that BEGIN is issued when SQLAlchemy begins, and a whole refresh is one transaction.
+        event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+@lru_cache(maxsize=8)
+def cached_engine(url: str) -> sa.Engine:
+    """One engine per URL for long-lived processes (API, dashboard)."""
+    return make_engine(url)
+
+
+def is_sqlite(engine_or_conn) -> bool:
+    return engine_or_conn.dialect.name == "sqlite"
+
+
+def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
+    """A hash of every row of the clinic's data tables, in primary-key order.
+
+    Values are normalised (instants to UTC text, dates to ISO text) so the same content hashes the
+    same whichever database holds it.
+    """
+    from .timeutil import to_utc_text
+    import datetime as dt
+
+    def norm(v):
+        if isinstance(v, dt.datetime):
+            return to_utc_text(v)
+        if isinstance(v, dt.date):
+            return v.isoformat()
+        return v
+
+    h = hashlib.sha256()
+    with engine.connect() as conn:
+        for name in tables:
+            table = metadata.tables[name]
+            pk = [c for c in table.primary_key.columns]
+            h.update(name.encode())
+            for row in conn.execute(sa.select(table).order_by(*pk)):
+                h.update(repr(tuple(norm(v) for v in row)).encode())
+    return h.hexdigest()

@@ -1,0 +1,221 @@
+"""Loading the clinic's data: the initial load from ``data/raw/`` and the daily refresh of a drop.
+
+``refresh_day(D)`` applies the drop ``data/daily/D/`` in one transaction:
+- D's appointments (clinic-local date D) and D's payments (paid on local date D) are replaced
+  exactly: rows of D that are gone from the drop are deleted;
+- every other row of the drop (future appointments booked or changed on D, the patients and
+  physios they reference) is upserted by id;
+- the run is logged in ``etl_runs`` whether it worked or not; a failed run changes nothing else.
+Applying the same drop twice leaves the database identical.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from . import db
+from .config import get_settings
+from .dataset import COLUMNS, DropError, Tables, read_folder
+from .errors import UserError
+from .migrate import ensure_schema
+from .timeutil import parse_day, utc_now_text
+
+# Insert order respects foreign keys; deletes go the other way.
+LOAD_ORDER = ("physios", "physio_hours", "patients", "appointments", "payments")
+PRIMARY_KEYS = {"patients": ("patient_id",), "physios": ("physio_id",),
+                "physio_hours": ("physio_id", "weekday", "start_time"),
+                "appointments": ("appointment_id",), "payments": ("payment_id",)}
+
+
+class RefreshError(UserError):
+    """A drop could not be applied; the database is unchanged (the etl_runs row says why)."""
+
+
+@dataclass
+class RefreshResult:
+    day: dt.date
+    rows_read: int
+    rows_written: int
+    deleted: int
+    seconds: float
+
+
+def db_columns(table: str) -> list[str]:
+    return [c.name for c in db.metadata.tables[table].columns]
+
+
+def _rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
+    """Plain Python tuples (None for missing) in column order, for executemany."""
+    frame = frame[columns]
+    obj = frame.astype(object).where(frame.notna(), None)
+    return [tuple(int(v) if hasattr(v, "item") and not isinstance(v, float) else v for v in row)
+            for row in obj.itertuples(index=False, name=None)]
+
+
+def _placeholders(conn, n: int) -> str:
+    mark = "?" if db.is_sqlite(conn) else "%s"
+    return ", ".join([mark] * n)
+
+
+def upsert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
+    """INSERT .. ON CONFLICT (pk) DO UPDATE: the same statement on SQLite and Postgres."""
+    if frame.empty:
+        return 0
+    columns = db_columns(table)
+    pk = PRIMARY_KEYS[table]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in pk)
+    sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_placeholders(conn, len(columns))}) "
+           f"ON CONFLICT ({', '.join(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+    conn.exec_driver_sql(sql, _rows(frame, columns))
+    return len(frame)
+
+
+def bulk_insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
+    if frame.empty:
+        return 0
+    columns = db_columns(table)
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_placeholders(conn, len(columns))})"
+    conn.exec_driver_sql(sql, _rows(frame, columns))
+    return len(frame)
+
+
+def log_etl_run(engine: sa.Engine, job: str, day, started: str, status: str, rows_read=0,
+                rows_written=0, error: str | None = None) -> None:
+    with db.begin_write(engine) as conn:
+        conn.execute(db.etl_runs.insert().values(
+            job=job, day=str(day) if day else None, started_at=started, finished_at=utc_now_text(),
+            status=status, rows_read=rows_read, rows_written=rows_written,
+            error_message=(error or None) and str(error)[:2000]))
+
+
+def _check_references(conn: sa.Connection, tables: Tables) -> None:
+    """Every id a drop refers to exists in the drop or in the database (named by file and line)."""
+    def known(table: str, column: str, ids) -> set:
+        ids = [int(i) for i in pd.unique(pd.Series(ids).dropna())]
+        if not ids:
+            return set()
+        t = db.metadata.tables[table]
+        found = set()
+        for i in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            found |= set(conn.execute(sa.select(t.c[column]).where(t.c[column].in_(ids[i:i + 900]))).scalars())
+        return found
+
+    checks = [("appointments", "patient_id", "patients"), ("appointments", "physio_id", "physios"),
+              ("payments", "appointment_id", "appointments")]
+    if "physio_hours" in tables.frames:
+        checks.append(("physio_hours", "physio_id", "physios"))
+    for child, column, parent in checks:
+        frame = tables[child]
+        refs = frame[column]
+        in_drop = refs.isin(tables[parent][column]) if parent in tables.frames else pd.Series(False, index=frame.index)
+        outside = refs[~in_drop & refs.notna()]
+        if outside.empty:
+            continue
+        missing = ~outside.isin(known(parent, column, outside))
+        if missing.any():
+            pos = frame.index.get_loc(outside[missing].index[0])
+            raise DropError(f"{child}.csv", f"refers to a {parent[:-1]} that is in neither the drop "
+                                            f"nor the database", line=pos + 2, column=column,
+                            value=outside[missing].iloc[0])
+
+
+def _delete_missing(conn, table: str, id_col: str, date_col: str, day: str, keep) -> int:
+    t = db.metadata.tables[table]
+    keep = [int(k) for k in keep]
+    query = sa.select(t.c[id_col]).where(t.c[date_col] == day)
+    existing = set(conn.execute(query).scalars())
+    gone = sorted(existing - set(keep))
+    for i in range(0, len(gone), 900):
+        conn.execute(t.delete().where(t.c[id_col].in_(gone[i:i + 900])))
+    return len(gone)
+
+
+def _describe_integrity_error(exc: sa.exc.IntegrityError) -> str:
+    return f"the database refused the drop: {str(exc.orig).splitlines()[0]}"
+
+
+def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None,
+                allow_empty: bool = False) -> RefreshResult:
+    """Apply the drop of clinic-local day ``day`` in one transaction (see the module docstring)."""
+    settings = get_settings()
+    day = parse_day(day)
+    engine = engine or db.make_engine()
+    folder = Path(folder) if folder else settings.drop_dir(day)
+    ensure_schema(engine)
+    started, t0 = utc_now_text(), time.perf_counter()
+    rows_read = 0
+    try:
+        tables = read_folder(folder, settings.clinic_tz)
+        rows_read = tables.rows_read
+        appts, pays = tables["appointments"], tables["payments"]
+        day_text = day.isoformat()
+        day_rows = int((appts["local_date"] == day_text).sum() + (pays["paid_date"] == day_text).sum())
+        if day_rows == 0 and not allow_empty:
+            raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}; "
+                            "if the clinic was closed that day, say so (--empty-day / allow_empty=True)")
+        written = deleted = 0
+        with db.begin_write(engine) as conn:
+            _check_references(conn, tables)
+            # Payments first: an appointment of D that is gone may only go with its payments.
+            deleted += _delete_missing(conn, "payments", "payment_id", "paid_date", day_text,
+                                       pays.loc[pays["paid_date"] == day_text, "payment_id"])
+            deleted += _delete_missing(conn, "appointments", "appointment_id", "local_date", day_text,
+                                       appts.loc[appts["local_date"] == day_text, "appointment_id"])
+            for table in LOAD_ORDER:
+                if table == "physio_hours" and table in tables.frames:
+                    # A roster in a drop replaces the whole roster of the physios it names.
+                    hours = tables[table]
+                    ids = [int(i) for i in hours["physio_id"].unique()]
+                    conn.execute(db.physio_hours.delete().where(db.physio_hours.c.physio_id.in_(ids)))
+                    written += bulk_insert(conn, table, hours)
+                elif table in tables.frames:
+                    written += upsert(conn, table, tables[table])
+    except DropError as exc:
+        log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, str(exc))
+        raise
+    except sa.exc.IntegrityError as exc:
+        message = _describe_integrity_error(exc)
+        log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, message)
+        raise RefreshError(f"refresh of {day}: {message}; nothing was changed") from exc
+    log_etl_run(engine, "refresh", day, started, "ok", rows_read, written)
+    return RefreshResult(day, rows_read, written, deleted, time.perf_counter() - t0)
+
+
+def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replace: bool = False) -> int:
+    """Initial load of ``data/raw/`` (all five files) into an empty database, in one transaction.
+
+    With ``replace=True`` the clinic's data already there is deleted first (same transaction).
+    Returns the number of rows written.
+    """
+    settings = get_settings()
+    engine = engine or db.make_engine()
+    folder = Path(folder) if folder else settings.raw_dir
+    ensure_schema(engine)
+    started = utc_now_text()
+    try:
+        tables = read_folder(folder, settings.clinic_tz, required=tuple(COLUMNS), optional=())
+        written = 0
+        with db.begin_write(engine) as conn:
+            have = conn.execute(sa.select(sa.func.count()).select_from(db.appointments)).scalar()
+            if have and not replace:
+                raise DropError(str(folder), f"the database already holds {have} appointments; "
+                                "load into an empty database, or pass --replace to start over")
+            if replace:
+                for table in ("reminders", "call_outcomes", "priorities", "risk_scores") + LOAD_ORDER[::-1]:
+                    conn.execute(db.metadata.tables[table].delete())
+            _check_references(conn, tables)
+            for table in LOAD_ORDER:
+                written += bulk_insert(conn, table, tables[table])
+    except (DropError, sa.exc.IntegrityError) as exc:
+        message = _describe_integrity_error(exc) if isinstance(exc, sa.exc.IntegrityError) else str(exc)
+        log_etl_run(engine, "load", None, started, "failed", 0, 0, message)
+        if isinstance(exc, DropError):
+            raise
+        raise RefreshError(f"initial load: {message}; nothing was changed") from exc
+    log_etl_run(engine, "load", None, started, "ok", tables.rows_read, written)
+    return written

@@ -1,0 +1,74 @@
+"""Clinic-local time.
+
+A "day" is a date in ``CLINIC_TZ``. Instants are stored in UTC as ISO 8601 text with an explicit
+``+00:00`` (SQLite) or as ``timestamptz`` (Postgres); the clinic-local date of an appointment is
+stored beside it, because a day's work is selected by that date, and across a DST change the UTC
+date and the local date differ.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+from .errors import CannotRun
+
+UTC = dt.timezone.utc
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S+00:00"
+
+
+class BadDate(CannotRun, ValueError):
+    """A day parameter that is not a real YYYY-MM-DD date."""
+
+
+def parse_day(value) -> dt.date:
+    """``'2026-03-29'`` -> date; anything else is a clear error naming the expected form."""
+    if isinstance(value, dt.datetime):
+        raise BadDate(f"expected a date YYYY-MM-DD, got a timestamp {value!r}")
+    if isinstance(value, dt.date):
+        return value
+    text = str(value).strip()
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise BadDate(f"expected a date YYYY-MM-DD, got {str(value)[:40]!r}") from None
+
+
+def today_local(tz: ZoneInfo) -> dt.date:
+    return dt.datetime.now(tz).date()
+
+
+def local_day_bounds_utc(day: dt.date, tz: ZoneInfo) -> tuple[str, str]:
+    """The UTC instants [start, end) of a clinic-local day, as stored text (23 or 25 h on DST days)."""
+    start = dt.datetime.combine(day, dt.time(0), tzinfo=tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
+    return to_utc_text(start), to_utc_text(end)
+
+
+def to_utc_text(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp without offset: {value!r}")
+    return value.astimezone(UTC).strftime(ISO_FORMAT)
+
+
+def utc_now_text() -> str:
+    return dt.datetime.now(UTC).strftime(ISO_FORMAT)
+
+
+def series_to_utc_text(utc: pd.Series) -> pd.Series:
+    """A tz-aware UTC datetime Series -> stored text (NaT -> None)."""
+    out = utc.dt.strftime(ISO_FORMAT)
+    return out.astype(object).where(utc.notna(), None)
+
+
+def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
+    """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants."""
+    return utc.dt.tz_convert(tz).dt.strftime("%Y-%m-%d").astype(object)
+
+
+def read_instants(values: pd.Series) -> pd.Series:
+    """Stored instants (text or timestamptz) -> tz-aware UTC Series."""
+    return pd.to_datetime(values, utc=True, format="ISO8601")
