@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -50,6 +51,47 @@ def cmd_demo(a):
         days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days)
     for key, value in summary.items():
         print(f"{key}: {value}")
+    _demo_marker(a.data_dir).write_text(json.dumps(
+        {"today": str(a.today or _today()), "seed": a.seed, "scale": a.scale}, indent=2))
+    return 0
+
+
+def _demo_marker(data_dir=None) -> Path:
+    from .config import get_settings
+    return Path(data_dir or get_settings().data_dir) / "demo.json"
+
+
+def args_demo_day(p):
+    pass
+
+
+def cmd_demo_day(a):
+    """Print the demo's current day (what `clinic demo` was run for), else today."""
+    marker = _demo_marker()
+    print(json.loads(marker.read_text())["today"] if marker.exists() else _today())
+    return 0
+
+
+def args_where(p):
+    pass
+
+
+def cmd_where(a):
+    from .config import get_settings
+    s = get_settings()
+    print(f"""
+Outputs
+  run records (executed notebooks, report.html): {s.runs_dir}/<day>/
+  callback lists:   {s.priorities_dir}/priorities_<day>.csv
+  risk scores:      {s.scores_dir}/
+  reminder emails:  {s.email_outbox_dir}/
+  model + metrics:  {s.model_dir}/
+  validation:       {s.validation_dir}/
+Next
+  notebooks:  make lab        (JupyterLab on notebooks/)
+  dashboard:  make dashboard  (Voila on http://127.0.0.1:{s.dashboard_port}/)
+  API:        make api        (http://{s.api_host}:{s.api_port}/priorities?day=YYYY-MM-DD, needs CLINIC_API_TOKEN)
+""")
     return 0
 
 
@@ -95,6 +137,8 @@ COMMANDS = {
     "load": (args_load, cmd_load, "initial load of data/raw/ into the database"),
     "migrate": (args_migrate, cmd_migrate, "bring the database to the current schema"),
     "refresh": (args_refresh, cmd_refresh, "apply one day's drop (data/daily/D/)"),
+    "demo-day": (args_demo_day, cmd_demo_day, "print the demo's current day"),
+    "where": (args_where, cmd_where, "print where the outputs are and how to open the tools"),
 }
 
 

@@ -50,7 +50,7 @@ DROP_FILES = ("patients", "physios", "appointments", "payments")  # physio_hours
 ID_COLUMN = {"patients": "patient_id", "physios": "physio_id", "appointments": "appointment_id",
              "payments": "payment_id"}
 
-_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -107,14 +107,28 @@ def read_csv_text(path: Path) -> pd.DataFrame:
         raise DropError(name, f"malformed CSV: {exc}", line=int(match.group(1)) if match else None) from None
     except pd.errors.EmptyDataError:
         raise DropError(name, "file is empty: expected at least a header row") from None
-    # A row cut off mid-way has fewer fields than the header: pandas fills them with NaN.
-    short = frame.isna().any(axis=1)
-    if short.any():
+    # A row cut off mid-way has fewer fields than the header; pandas would silently fill them.
+    line = _first_short_line(text, len(frame.columns))
+    if line is not None:
         raise DropError(name, f"row has fewer fields than the header ({len(frame.columns)}): "
-                              "truncated file?", line=_line(frame, short))
-    if text.count('"') % 2:
-        raise DropError(name, "unbalanced quote: truncated file?")
+                              "truncated file?", line=line)
     return frame
+
+
+def _first_short_line(text: str, n_fields: int) -> int | None:
+    """Line number of the first record with fewer fields than the header, or None."""
+    if '"' not in text:  # the common case, fast: count separators line by line
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line and line.count(",") < n_fields - 1:
+                return number
+        return None
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        if record and len(record) < n_fields:
+            return reader.line_num
+    if text.count('"') % 2:
+        return text.count("\n") + 1  # an unbalanced quote: the file was cut inside a field
+    return None
 
 
 def check_columns(table: str, frame: pd.DataFrame, file: str) -> None:
@@ -297,7 +311,7 @@ def read_folder(folder: Path, tz: ZoneInfo, required=DROP_FILES, optional=("phys
     if not folder.is_dir():
         raise DropError(str(folder), "folder is missing")
     out = Tables()
-    for table in list(required) + [t for t in optional if (folder / f"{table}.csv").exists()]:
+    for table in list(required) + [t for t in optional if (folder / f"{t}.csv").exists()]:
         frame = read_csv_text(folder / f"{table}.csv")
         out.frames[table] = parse_table(table, frame, tz)
         out.rows_read += len(frame)

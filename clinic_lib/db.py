@@ -8,6 +8,7 @@ another table.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from functools import lru_cache
 
@@ -19,8 +20,57 @@ from .config import get_settings
 metadata = sa.MetaData()
 
 # Stored types, one per kind of value, with the SQLite form beside the Postgres one.
-Instant = sa.DateTime(timezone=True).with_variant(sa.String(25), "sqlite")
-Day = sa.Date().with_variant(sa.String(10), "sqlite")
+
+
+class Instant(sa.types.TypeDecorator):
+    """An instant: UTC text 'YYYY-MM-DDTHH:MM:SS+00:00' on SQLite, timestamptz on Postgres.
+
+    Binds accept that text or an aware datetime; results come back as that text on both.
+    """
+    impl = sa.String(25)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(25))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if dialect.name == "sqlite":
+            return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        return value
+
+
+class Day(sa.types.TypeDecorator):
+    """A calendar date: 'YYYY-MM-DD' text on SQLite, date on Postgres; results are that text."""
+    impl = sa.String(10)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(10))
+        return dialect.type_descriptor(sa.Date())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return value.isoformat() if isinstance(value, dt.date) else str(value)
+        return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+
+    def process_result_value(self, value, dialect):
+        return value.isoformat() if isinstance(value, dt.date) else value
+
+
 Flag = sa.SmallInteger
 Cents = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -291,7 +341,6 @@ def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
     same whichever database holds it.
     """
     from .timeutil import to_utc_text
-    import datetime as dt
 
     def norm(v):
         if isinstance(v, dt.datetime):

@@ -1,0 +1,48 @@
+# Clinic Ops: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DB := data/clinic.db
+
+.PHONY: install demo test test-fast dashboard api bench clean-demo lab
+
+# Create .venv if missing and install the project with its dev extra (again when pyproject changes).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Build the demo clinic if there is no database yet, then run the daily chain for the demo's day.
+demo: $(STAMP)
+	@if [ ! -f $(DEMO_DB) ] && [ -z "$$DATABASE_URL" ]; then \
+		$(BIN)/clinic demo && $(BIN)/clinic load; \
+	fi
+	$(BIN)/python run_daily.py --day $$($(BIN)/clinic demo-day)
+	@$(BIN)/clinic where
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything but the slow end-to-end tests (those marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+dashboard: $(STAMP)
+	$(BIN)/clinic dashboard
+
+api: $(STAMP)
+	$(BIN)/clinic api
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Start the demo over: removes the demo database, data and outputs (never touches a DATABASE_URL).
+clean-demo:
+	rm -rf data/raw data/daily data/clinic.db data/clinic.db-wal data/clinic.db-shm data/demo.json outputs/runs outputs/model outputs/scores outputs/priorities outputs/outbox outputs/validation

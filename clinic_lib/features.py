@@ -1,0 +1,350 @@
+"""Features of the cancellation-risk model, computed as of the scoring cutoff.
+
+**Target.** An appointment "fails as booked" when it is a no-show, or a cancellation made less than
+``LATE_CANCEL_HOURS`` (default 24) before its start. A cancellation without a recorded
+``canceled_at`` counts as late (we cannot prove it was early). Appointments canceled earlier than
+that are *not* training rows: they were off the list before anyone could phone about them.
+Appointments still ``booked`` have no outcome yet and are not training rows either.
+
+**Cutoff.** Reception phones the evening before, so an appointment's features are computed as of
+the clinic-local midnight that starts its day (``cutoff``). Patient history counts ONLY
+appointments that *ended* strictly before that instant, so same-day siblings (a patient's other
+appointments of the same day) and anything later never count; ``tests/test_features.py`` proves it
+by changing every outcome on or after a cutoff and comparing the features.
+
+**Features** (``FEATURES``): lead time (days from booking to start, and its log), weekday, local
+hour, first visit, physio, length in minutes, the patient's prior counts (attended, no-shows, late
+cancellations, early cancellations) and smoothed failure rates, whether the last finished
+appointment failed, days since the last attended visit (capped at 365), age band as of the day
+(``unknown`` without a date of birth), and whether an email reminder can reach the patient
+(``reminder_consent`` and an email). Patient attributes (date of birth, consent, email) are the
+values held now: the schema keeps no history of them.
+
+History features are vectorised: outcomes are summed per (patient, end instant), cumulated per
+patient and joined to each appointment's cutoff with ``merge_asof`` (strictly earlier), so a
+million appointments take seconds.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from . import db
+from .timeutil import read_instants
+
+FEATURE_VERSION = 1
+NUMERIC = ["lead_days", "lead_log", "same_day_booking", "hour", "length_min", "is_first_visit",
+           "prior_n", "prior_completed", "prior_no_show", "prior_late_cancel", "prior_early_cancel",
+           "prior_fail_rate", "prior_no_show_rate", "last_failed", "days_since_last_visit",
+           "has_history", "reminder_reachable"]
+CATEGORICAL = ["weekday", "physio", "age_band"]
+FEATURES = NUMERIC + CATEGORICAL
+HISTORY_FEATURES = ["prior_n", "prior_completed", "prior_no_show", "prior_late_cancel",
+                    "prior_early_cancel", "prior_fail_rate", "prior_no_show_rate", "last_failed",
+                    "days_since_last_visit", "has_history"]
+AGE_BANDS = [(0, 18, "0-17"), (18, 30, "18-29"), (30, 45, "30-44"), (45, 65, "45-64"), (65, 200, "65+")]
+AGE_BAND_LABELS = [b[2] for b in AGE_BANDS] + ["unknown"]
+RATE_PRIOR, RATE_WEIGHT = 0.2, 1.0  # smoothed rate = (fails + weight*prior) / (n + weight)
+DAYS_SINCE_CAP = 365.0
+
+APPT_COLUMNS = ["appointment_id", "patient_id", "physio_id", "appt_start", "appt_end", "booked_at",
+                "status", "canceled_at", "is_first_visit", "local_date"]
+PATIENT_COLUMNS = ["patient_id", "email", "reminder_consent", "date_of_birth", "gender"]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def _normalise_appointments(a: pd.DataFrame) -> pd.DataFrame:
+    a = a.copy()
+    for col in ("appt_start", "appt_end", "booked_at", "canceled_at"):
+        a[col] = read_instants(a[col]) if len(a) else pd.Series(pd.DatetimeIndex([], tz="UTC"), index=a.index)
+    a["local_date"] = a["local_date"].map(lambda d: d if isinstance(d, str) else d.isoformat()).astype(object)
+    a["appointment_id"] = a["appointment_id"].astype("int64")
+    a["patient_id"] = a["patient_id"].astype("int64")
+    a["physio_id"] = pd.to_numeric(a["physio_id"]).astype("Int64")
+    a["is_first_visit"] = a["is_first_visit"].astype("int64")
+    a["status"] = a["status"].astype(object)
+    return a
+
+
+def _normalise_patients(p: pd.DataFrame) -> pd.DataFrame:
+    p = p.copy()
+    p["patient_id"] = p["patient_id"].astype("int64")
+    p["date_of_birth"] = p["date_of_birth"].map(
+        lambda d: None if d is None or (isinstance(d, float) and np.isnan(d))
+        else (d if isinstance(d, str) else d.isoformat())).astype(object)
+    p["reminder_consent"] = pd.to_numeric(p["reminder_consent"]).fillna(0).astype("int64")
+    return p
+
+
+def read_appointments(conn, where=None) -> pd.DataFrame:
+    t = db.appointments
+    q = sa.select(*[t.c[c] for c in APPT_COLUMNS])
+    if where is not None:
+        q = q.where(where)
+    result = conn.execute(q)
+    return _normalise_appointments(pd.DataFrame(result.fetchall(), columns=APPT_COLUMNS))
+
+
+def read_patients(conn, ids=None) -> pd.DataFrame:
+    t = db.patients
+    cols = [t.c[c] for c in PATIENT_COLUMNS]
+    if ids is None:
+        rows = conn.execute(sa.select(*cols)).fetchall()
+    else:
+        ids = [int(i) for i in pd.unique(pd.Series(ids))]
+        rows = []
+        for i in range(0, len(ids), 900):
+            rows += conn.execute(sa.select(*cols).where(t.c.patient_id.in_(ids[i:i + 900]))).fetchall()
+    return _normalise_patients(pd.DataFrame(rows, columns=PATIENT_COLUMNS))
+
+
+# --- target -----------------------------------------------------------------------------------
+
+def outcome_flags(a: pd.DataFrame, late_cancel_hours: float) -> pd.DataFrame:
+    """completed / no_show / late_cancel / early_cancel flags (booked rows: all False)."""
+    canceled = (a["status"] == "canceled").to_numpy()
+    notice_h = ((a["appt_start"] - a["canceled_at"]).dt.total_seconds() / 3600.0).to_numpy()
+    late = canceled & (np.isnan(notice_h) | (notice_h < late_cancel_hours))
+    return pd.DataFrame({
+        "completed": (a["status"] == "completed").to_numpy(),
+        "no_show": (a["status"] == "no_show").to_numpy(),
+        "late_cancel": late,
+        "early_cancel": canceled & ~late,
+    }, index=a.index)
+
+
+def label(a: pd.DataFrame, late_cancel_hours: float) -> tuple[pd.Series, pd.Series]:
+    """(target, eligible): target = no-show or late cancellation; eligible = has a training outcome."""
+    f = outcome_flags(a, late_cancel_hours)
+    target = f["no_show"] | f["late_cancel"]
+    eligible = f["completed"] | target
+    return target.astype(int), eligible
+
+
+# --- features ---------------------------------------------------------------------------------
+
+def day_cutoffs(local_dates: pd.Series, tz: ZoneInfo) -> pd.Series:
+    """The UTC instant of the clinic-local midnight that starts each date (computed per unique date)."""
+    uniq = pd.unique(local_dates)
+    starts = {}
+    for d in uniq:
+        day = dt.date.fromisoformat(d)
+        local = pd.Timestamp(dt.datetime.combine(day, dt.time(0))).tz_localize(
+            tz, ambiguous=True, nonexistent="shift_forward")
+        starts[d] = local.tz_convert("UTC")
+    return pd.to_datetime(local_dates.map(starts), utc=True)
+
+
+def _epoch_s(s: pd.Series) -> np.ndarray:
+    """tz-aware instants -> int64 seconds since the epoch (NaT -> min int)."""
+    return (s.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[s]")
+            .astype("int64").to_numpy())
+
+
+def history_features(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Series,
+                     late_cancel_hours: float) -> pd.DataFrame:
+    """Prior counts of each target's patient, from ``history`` rows that ended before its cutoff."""
+    h = history[history["status"] != "booked"]
+    flags = outcome_flags(h, late_cancel_hours).astype("int64")
+    ev = pd.DataFrame({"patient_id": h["patient_id"].to_numpy(), "t": _epoch_s(h["appt_end"])})
+    for c in flags.columns:
+        ev[c] = flags[c].to_numpy()
+    ev["fail"] = ev["no_show"] + ev["late_cancel"]
+    ev["visit_t"] = np.where(ev["completed"] > 0, ev["t"], np.nan)
+    # One row per (patient, end instant): ties summed, so the cumulated row holds all of them.
+    ev = ev.groupby(["patient_id", "t"], sort=True).agg(
+        completed=("completed", "sum"), no_show=("no_show", "sum"), late_cancel=("late_cancel", "sum"),
+        early_cancel=("early_cancel", "sum"), fail=("fail", "sum"), visit_t=("visit_t", "max")).reset_index()
+    expected = ev["completed"] + ev["no_show"] + ev["late_cancel"]
+    # "last finished appointment failed": the last (patient, instant) with an expected outcome.
+    ev["last_failed"] = np.where(expected > 0, (ev["fail"] > 0).astype(float), np.nan)
+    g = ev.groupby("patient_id", sort=False)
+    cum = g[["completed", "no_show", "late_cancel", "early_cancel"]].cumsum()
+    cum["patient_id"] = ev["patient_id"]
+    cum["t"] = ev["t"]
+    cum["last_visit_t"] = g["visit_t"].cummax()
+    cum["last_failed"] = ev.groupby("patient_id", sort=False)["last_failed"].ffill()
+    cum = cum.sort_values("t", kind="stable")
+
+    left = pd.DataFrame({"patient_id": targets["patient_id"].to_numpy(), "cut": _epoch_s(cutoff),
+                         "_row": np.arange(len(targets))}).sort_values("cut", kind="stable")
+    if len(cum):
+        m = pd.merge_asof(left, cum, left_on="cut", right_on="t", by="patient_id",
+                          allow_exact_matches=False, direction="backward")
+    else:
+        m = left.assign(**{c: np.nan for c in ["completed", "no_show", "late_cancel", "early_cancel",
+                                               "last_visit_t", "last_failed", "t"]})
+    m = m.sort_values("_row")
+    completed = m["completed"].fillna(0).to_numpy()
+    no_show = m["no_show"].fillna(0).to_numpy()
+    late = m["late_cancel"].fillna(0).to_numpy()
+    early = m["early_cancel"].fillna(0).to_numpy()
+    n = completed + no_show + late
+    start_s = _epoch_s(targets["appt_start"])
+    days_since = (start_s - m["last_visit_t"].to_numpy()) / 86400.0
+    days_since = np.where(np.isnan(days_since), DAYS_SINCE_CAP, np.minimum(days_since, DAYS_SINCE_CAP))
+    out = pd.DataFrame({
+        "prior_n": n, "prior_completed": completed, "prior_no_show": no_show, "prior_late_cancel": late,
+        "prior_early_cancel": early,
+        "prior_fail_rate": (no_show + late + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
+        "prior_no_show_rate": (no_show + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
+        "last_failed": m["last_failed"].fillna(0).to_numpy(),
+        "days_since_last_visit": days_since,
+        "has_history": (n + early > 0).astype(float),
+    }, index=targets.index)
+    return out
+
+
+def age_band(dob: pd.Series, local_date: pd.Series) -> pd.Series:
+    born = pd.to_datetime(dob, errors="coerce", format="%Y-%m-%d")
+    day = pd.to_datetime(local_date, format="%Y-%m-%d")
+    years = day.dt.year - born.dt.year - ((day.dt.month * 100 + day.dt.day) < (born.dt.month * 100 + born.dt.day))
+    out = pd.Series("unknown", index=dob.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        out[(years >= lo) & (years < hi)] = name
+    return out
+
+
+def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.DataFrame,
+                   tz: ZoneInfo, late_cancel_hours: float) -> pd.DataFrame:
+    """One row of ``FEATURES`` per row of ``targets`` (same index).
+
+    ``history`` holds the appointments the patient-history features may look at (training passes
+    every appointment; scoring passes the day's patients' earlier ones): only rows that ended
+    before each target's cutoff are counted, whatever else is passed in.
+    """
+    if targets.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if c in NUMERIC else object) for c in FEATURES})
+    cutoff = day_cutoffs(targets["local_date"], tz)
+    start, booked = targets["appt_start"], targets["booked_at"]
+    local_start = start.dt.tz_convert(tz)
+    lead = ((start - booked).dt.total_seconds() / 86400.0).clip(lower=0).to_numpy()
+    pat = patients.set_index("patient_id")
+    pid = targets["patient_id"]
+    email = pid.map(pat["email"]) if len(pat) else pd.Series(None, index=pid.index, dtype=object)
+    consent = pid.map(pat["reminder_consent"]).fillna(0) if len(pat) else pd.Series(0, index=pid.index)
+    dob = pid.map(pat["date_of_birth"]) if len(pat) else pd.Series(None, index=pid.index, dtype=object)
+    has_email = email.notna() & (email.astype(str).str.strip() != "") & (email.astype(str) != "None")
+    physio = targets["physio_id"]
+    out = pd.DataFrame({
+        "lead_days": lead,
+        "lead_log": np.log1p(lead),
+        "same_day_booking": (booked >= cutoff).astype(float).to_numpy(),
+        "hour": (local_start.dt.hour + local_start.dt.minute / 60.0).to_numpy(),
+        "length_min": ((targets["appt_end"] - start).dt.total_seconds() / 60.0).to_numpy(),
+        "is_first_visit": targets["is_first_visit"].astype(float).to_numpy(),
+    }, index=targets.index)
+    hist = history_features(targets, history, cutoff, late_cancel_hours)
+    out = out.join(hist)
+    out["reminder_reachable"] = ((consent.astype(int) == 1) & has_email).astype(float).to_numpy()
+    out["weekday"] = local_start.dt.weekday.astype(str).astype(object).to_numpy()
+    out["physio"] = np.where(physio.isna(), "none", "p" + physio.astype(str)).astype(object)
+    out["age_band"] = age_band(dob.astype(object), targets["local_date"]).to_numpy()
+    return out[FEATURES]
+
+
+def feature_frame(appts: pd.DataFrame, patients: pd.DataFrame, tz: ZoneInfo,
+                  late_cancel_hours: float) -> pd.DataFrame:
+    """Training table: features + target + eligible + local_date for every appointment given."""
+    X = build_features(appts, appts, patients, tz, late_cancel_hours)
+    y, eligible = label(appts, late_cancel_hours)
+    X["target"] = y.to_numpy()
+    X["eligible"] = eligible.to_numpy()
+    X["local_date"] = appts["local_date"].to_numpy()
+    X["appointment_id"] = appts["appointment_id"].to_numpy()
+    gender = appts["patient_id"].map(patients.set_index("patient_id")["gender"]) if len(patients) else None
+    X["gender"] = (gender.fillna("unknown").astype(object).to_numpy() if gender is not None else "unknown")
+    return X
+
+
+# --- synthetic data for tests and benches (until / besides the demo generator) ------------------
+
+def synthetic_frames(seed: int = 0, patients: int = 300, days: int = 120, end: dt.date | None = None,
+                     tz: ZoneInfo | None = None, physios: int = 3, booked_days: int = 0) -> dict[str, pd.DataFrame]:
+    """Small frames in the database's form with planted effects on the failure risk.
+
+    Effects: long lead time, young adults, Mondays, patients with a personal propensity (so prior
+    history predicts), no reminder reachable. Appointments on or after ``end`` stay ``booked``;
+    ``booked_days`` extra days after ``end`` hold booked appointments only.
+    """
+    from .timeutil import series_local_date, series_to_utc_text
+    tz = tz or ZoneInfo("Europe/Berlin")
+    end = end or dt.date(2026, 3, 20)
+    rng = np.random.default_rng(seed)
+    pid = np.arange(1, patients + 1)
+    propensity = rng.normal(0, 1.0, patients)
+    age = rng.integers(5, 90, patients)
+    dob = [(end - dt.timedelta(days=int(a * 365.25 + rng.integers(0, 300)))).isoformat() for a in age]
+    dob = [d if rng.random() > 0.1 else None for d in dob]
+    reach = rng.random(patients) < 0.6
+    pats = pd.DataFrame({
+        "patient_id": pid, "first_name": "Pat", "last_name": [f"Synth{i}" for i in pid],
+        "phone": "+4930123456", "email": np.where(reach, [f"p{i}@example.org" for i in pid], None),
+        "consent_form_received": 1, "reminder_consent": reach.astype(int), "date_of_birth": dob,
+        "gender": rng.choice(["F", "M"], patients),
+        "created_at": "2020-01-01T00:00:00+00:00"})
+    rows = []
+    start_day = end - dt.timedelta(days=days)
+    n_days = days + booked_days
+    per_day = max(4, patients // 10)
+    aid = 1
+    for k in range(n_days):
+        day = start_day + dt.timedelta(days=k)
+        if day.weekday() == 6:
+            continue
+        who = rng.choice(pid, per_day, replace=False)
+        for j, p in enumerate(who):
+            hour = 8 + (j % 10)
+            local = dt.datetime.combine(day, dt.time(hour, 0), tzinfo=tz)
+            lead = float(rng.choice([0.2, 1, 3, 7, 14, 30, 60]))
+            booked = local - dt.timedelta(days=lead)
+            a = age[p - 1]
+            logit = (-2.2 + 0.9 * propensity[p - 1] + 0.5 * np.log1p(lead) - 0.7 * reach[p - 1]
+                     + (0.6 if 18 <= a < 30 else 0) + (0.5 if day.weekday() == 0 else 0))
+            prob = 1 / (1 + np.exp(-logit))
+            if day >= end:
+                status, canceled = "booked", None
+            else:
+                u = rng.random()
+                if u < prob * 0.6:
+                    status, canceled = "no_show", None
+                elif u < prob:
+                    status, canceled = "canceled", local - dt.timedelta(hours=float(rng.uniform(1, 20)))
+                elif u < prob + 0.05:
+                    status, canceled = "canceled", local - dt.timedelta(hours=float(rng.uniform(30, 200)))
+                else:
+                    status, canceled = "completed", None
+            if canceled is not None and canceled < booked:
+                canceled = booked
+            rows.append((aid, int(p), int(1 + (j % physios)), local, local + dt.timedelta(minutes=45),
+                         booked, status, canceled))
+            aid += 1
+    a = pd.DataFrame(rows, columns=["appointment_id", "patient_id", "physio_id", "s", "e", "b", "status", "c"])
+    s = pd.to_datetime(a["s"], utc=True)
+    a["appt_start"] = series_to_utc_text(s)
+    a["appt_end"] = series_to_utc_text(pd.to_datetime(a["e"], utc=True))
+    a["booked_at"] = series_to_utc_text(pd.to_datetime(a["b"], utc=True))
+    a["canceled_at"] = series_to_utc_text(pd.to_datetime(a["c"], utc=True))
+    a["price_estimate_cents"] = 6500
+    first = ~a.sort_values(["patient_id", "s"]).duplicated("patient_id")
+    a["is_first_visit"] = first.reindex(a.index).astype(int)
+    a["local_date"] = series_local_date(s, tz)
+    a = a.drop(columns=["s", "e", "b", "c"])
+    ph = pd.DataFrame({"physio_id": np.arange(1, physios + 1), "full_name": [f"Physio {i}" for i in range(1, physios + 1)],
+                       "active": 1})
+    return {"physios": ph, "patients": pats, "appointments": a}
+
+
+def load_synthetic(engine, **kwargs) -> dict[str, pd.DataFrame]:
+    """Write ``synthetic_frames(**kwargs)`` into an empty, migrated database (one transaction)."""
+    from .refresh import bulk_insert
+    frames = synthetic_frames(**kwargs)
+    with db.begin_write(engine) as conn:
+        for table in ("physios", "patients", "appointments"):
+            bulk_insert(conn, table, frames[table])
+    return frames
