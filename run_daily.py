@@ -58,6 +58,7 @@ def main(argv=None) -> int:
         parser.error(f"--from {args.date_from} is after --to {args.date_to}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s" if args.quiet else "%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # our own lines say which step runs
     try:
         with runner.locked(args.wait):
             if args.date_from:

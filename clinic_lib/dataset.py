@@ -50,7 +50,7 @@ DROP_FILES = ("patients", "physios", "appointments", "payments")  # physio_hours
 ID_COLUMN = {"patients": "patient_id", "physios": "physio_id", "appointments": "appointment_id",
              "payments": "payment_id"}
 
-_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+OFFSET_PATTERN = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -159,7 +159,7 @@ def _instants(frame, column, file, required=True) -> pd.Series:
     empty = text == ""
     if required and empty.any():
         raise DropError(file, "a timestamp is required", line=_line(frame, empty), column=column, value="")
-    no_offset = ~empty & ~text.str.contains(_OFFSET)
+    no_offset = ~empty & ~text.str.contains(OFFSET_PATTERN)
     if no_offset.any():
         line, value = _first(frame, no_offset, column)
         raise DropError(file, "timestamp has no UTC offset; write it as 2026-03-29T09:00:00+02:00",

@@ -17,6 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import db
+from .dataset import OFFSET_PATTERN
 from .config import get_settings
 from .errors import UserError
 from .timeutil import read_instants, series_local_date, series_to_utc_text, utc_now_text
@@ -107,11 +108,12 @@ def _fail(table: str, frame: pd.DataFrame, bad: pd.Series, id_col: str, rule: st
             + (f" ({n} rows in all)" if n > 1 else "") + "; nothing was changed")
 
 
-def _instants(table: str, frame: pd.DataFrame, col: str, id_col: str, required=True) -> pd.Series:
-    values = frame[col]
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    bad = parsed.isna() & values.notna() if not required else parsed.isna()
-    _fail(table, frame, bad, id_col, f"{col} is an ISO 8601 timestamp")
+def _instants(table: str, frame: pd.DataFrame, col: str, id_col: str) -> pd.Series:
+    # Without an offset a wall-clock time is ambiguous on the night the clocks go back: refuse it.
+    values = frame[col].astype("string").str.strip()
+    has_offset = values.str.contains(OFFSET_PATTERN, na=False)
+    parsed = pd.to_datetime(values.where(has_offset), utc=True, errors="coerce", format="ISO8601")
+    _fail(table, frame, parsed.isna(), id_col, f"{col} is an ISO 8601 timestamp with offset")
     return parsed
 
 

@@ -1,0 +1,123 @@
+"""Migrations: versioned and idempotent; the reference project's layout upgrades in one transaction."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from clinic_lib import db
+from clinic_lib.migrate import CURRENT_VERSION, MigrationError, migrate
+
+# The public reference project's layout (clinic-ops-automation): ISO text timestamps, REAL money,
+# no constraints beyond primary keys.
+REFERENCE_DDL = [
+    "CREATE TABLE patients (patient_id INTEGER PRIMARY KEY, first_name TEXT, last_name TEXT, "
+    "phone TEXT, consent_form_received INTEGER, created_at TEXT)",
+    "CREATE TABLE physios (physio_id INTEGER PRIMARY KEY, full_name TEXT)",
+    "CREATE TABLE appointments (appointment_id INTEGER PRIMARY KEY, patient_id INTEGER, physio_id INTEGER, "
+    "appt_start TEXT, appt_end TEXT, booked_at TEXT, status TEXT, price_estimate REAL)",
+    "CREATE TABLE payments (payment_id INTEGER PRIMARY KEY, appointment_id INTEGER, amount REAL, "
+    "paid_at TEXT, method TEXT)",
+    "CREATE TABLE etl_runs (id INTEGER PRIMARY KEY, job TEXT, target_date TEXT, ran_at TEXT)",
+]
+REFERENCE_ROWS = [
+    "INSERT INTO patients VALUES (1, 'Lena', 'Vogel', '+4915112345678', 1, '2025-08-01T10:00:00+02:00')",
+    "INSERT INTO patients VALUES (2, 'Max', 'Huber', NULL, 0, '2025-08-02T10:00:00+02:00')",
+    "INSERT INTO physios VALUES (1, 'Anna Berg')",
+    "INSERT INTO appointments VALUES (1, 1, 1, '2025-08-14T11:00:00+02:00', '2025-08-14T11:45:00+02:00', "
+    "'2025-07-17T11:00:00+02:00', 'completed', 90.0)",
+    "INSERT INTO appointments VALUES (2, 1, 1, '2025-08-21T11:00:00+02:00', '2025-08-21T11:45:00+02:00', "
+    "'2025-08-14T12:00:00+02:00', 'no_show', 60.5)",
+    "INSERT INTO appointments VALUES (3, 2, 1, '2025-10-26T00:30:00+02:00', '2025-10-26T01:00:00+02:00', "
+    "'2025-10-20T12:00:00+02:00', 'booked', 75.0)",
+    "INSERT INTO payments VALUES (1, 1, 90.0, '2025-08-14T11:50:00+02:00', 'card')",
+    "INSERT INTO etl_runs VALUES (1, 'refresh_daily', '2025-08-14', '2025-08-14T22:00:00+02:00')",
+]
+
+
+def make_reference_db(url: str, extra_rows=()) -> sa.Engine:
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        for statement in REFERENCE_DDL + REFERENCE_ROWS + list(extra_rows):
+            conn.exec_driver_sql(statement.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
+                                 if engine.dialect.name != "sqlite" else statement)
+    return engine
+
+
+def table_dump(engine) -> dict:
+    with engine.connect() as conn:
+        names = sa.inspect(conn).get_table_names()
+        return {n: sorted(map(tuple, conn.exec_driver_sql(f"SELECT * FROM {n}"))) for n in names}
+
+
+def test_empty_database_gets_current_schema_once(db_url):
+    engine = db.make_engine(db_url)
+    assert migrate(engine) == [CURRENT_VERSION]
+    assert migrate(engine) == []
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").scalar() == CURRENT_VERSION
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"patients", "physios", "physio_hours", "appointments", "payments", "etl_runs"} <= tables
+
+
+def test_reference_layout_is_upgraded(db_url, monkeypatch):
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    engine = make_reference_db(db_url)
+    assert migrate(engine) == [1]
+    with engine.connect() as conn:
+        appts = conn.execute(sa.select(
+            db.appointments.c.appointment_id, db.appointments.c.appt_start, db.appointments.c.local_date,
+            db.appointments.c.price_estimate_cents, db.appointments.c.is_first_visit,
+            db.appointments.c.status).order_by(db.appointments.c.appointment_id)).all()
+        assert [tuple(a) for a in appts] == [
+            (1, "2025-08-14T09:00:00+00:00", "2025-08-14", 9000, 1, "completed"),
+            (2, "2025-08-21T09:00:00+00:00", "2025-08-21", 6050, 0, "no_show"),
+            # 00:30 local on the night the clocks go back is still the 26th locally, the 25th in UTC
+            (3, "2025-10-25T22:30:00+00:00", "2025-10-26", 7500, 1, "booked")]
+        pays = conn.execute(sa.select(db.payments.c.amount_cents, db.payments.c.paid_date)).all()
+        assert [tuple(p) for p in pays] == [(9000, "2025-08-14")]
+        runs = conn.execute(sa.select(db.etl_runs.c.job, db.etl_runs.c.day, db.etl_runs.c.status)).all()
+        assert [tuple(r) for r in runs] == [("refresh_daily", "2025-08-14", "ok")]
+        assert not [t for t in sa.inspect(conn).get_table_names() if t.startswith("legacy_")]
+    # the new constraints now hold
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.begin_write(engine) as conn:
+            conn.exec_driver_sql("UPDATE appointments SET status = 'cancelled' WHERE appointment_id = 2")
+    assert migrate(engine) == []
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ("INSERT INTO appointments VALUES (7, 1, 1, '2025-08-15T11:00:00+02:00', '2025-08-15T10:00:00+02:00', "
+     "'2025-08-01T11:00:00+02:00', 'completed', 60)", "appointments row appointment_id=7 breaks the rule 'appt_end > appt_start'"),
+    ("INSERT INTO appointments VALUES (8, 1, 1, '2025-08-15T11:00:00+02:00', '2025-08-15T12:00:00+02:00', "
+     "'2025-08-01T11:00:00+02:00', 'cancelled', 60)", "appointments row appointment_id=8 breaks the rule 'status IN"),
+    ("INSERT INTO payments VALUES (9, 2, 60.5, '2025-08-21T12:00:00+02:00', 'card')",
+     "payments row payment_id=9 breaks the rule 'a payment needs an existing, completed appointment'"),
+    ("INSERT INTO payments VALUES (10, 1, -5, '2025-08-21T12:00:00+02:00', 'card')",
+     "payments row payment_id=10 breaks the rule 'amount >= 0'"),
+    ("INSERT INTO appointments VALUES (11, 99, 1, '2025-08-15T11:00:00+02:00', '2025-08-15T12:00:00+02:00', "
+     "'2025-08-01T11:00:00+02:00', 'completed', 60)", "appointments row appointment_id=11 breaks the rule 'patient_id references patients'"),
+    ("INSERT INTO appointments VALUES (12, 1, 1, '2025-08-15 11:00', '2025-08-15T12:00:00+02:00', "
+     "'2025-08-01T11:00:00+02:00', 'completed', 60)", "appointments row appointment_id=12 breaks the rule 'appt_start is an ISO 8601 timestamp with offset'"),
+])
+def test_reference_row_breaking_a_rule_changes_nothing(db_url, bad_row, message):
+    engine = make_reference_db(db_url, [bad_row])
+    before = table_dump(engine)
+    with pytest.raises(MigrationError) as info:
+        migrate(engine)
+    assert message in str(info.value)
+    assert "nothing was changed" in str(info.value)
+    assert table_dump(engine) == before
+
+
+def test_clinic_migrate_command(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ref.db'}"
+    make_reference_db(url).dispose()
+    env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "applied migrations [1]" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
+    assert "already at schema version 1" in out.stdout

@@ -1,0 +1,105 @@
+"""run_daily.py: arguments, papermill run records, failure messages, the run lock."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import sqlalchemy as sa
+
+from clinic_lib import db
+from clinic_lib.config import PROJECT_ROOT
+from clinic_lib.migrate import migrate
+from drops import DAY, write_day_drop
+
+RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")
+
+
+def run_daily(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, RUN_DAILY, *args], env=env or os.environ.copy(),
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def project_env(tmp_path, monkeypatch):
+    data, outputs = tmp_path / "data", tmp_path / "outputs"
+    url = f"sqlite:///{tmp_path / 'clinic.db'}"
+    for key, value in {"CLINIC_DATA_DIR": str(data), "CLINIC_OUTPUTS_DIR": str(outputs),
+                       "DATABASE_URL": url, "CLINIC_TZ": "Europe/Berlin"}.items():
+        monkeypatch.setenv(key, value)
+    migrate(db.make_engine(url))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--day", "2026-13-01"], "expected a date YYYY-MM-DD"),
+    (["--day", "yesterday"], "expected a date YYYY-MM-DD"),
+    (["--day", DAY, "--steps", "refresh,explode"], "unknown step(s) explode"),
+    (["--from", "2026-02-10"], "--from and --to go together"),
+    (["--from", "2026-02-10", "--to", "2026-02-01"], "is after --to"),
+])
+def test_bad_arguments_exit_2_and_run_nothing(project_env, args, message):
+    out = run_daily(*args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert not (project_env / "outputs" / "runs").exists()
+
+
+def test_refresh_step_leaves_executed_notebook(project_env):
+    write_day_drop(project_env / "data")
+    out = run_daily("--day", DAY, "--steps", "refresh", cwd="/")  # any working directory
+    assert out.returncode == 0, out.stderr
+    record = project_env / "outputs" / "runs" / DAY / "02_refresh.ipynb"
+    nb = nbformat.read(record, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert f"day = \"{DAY}\"" in injected[0].source
+    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    state = json.loads((record.parent / "state.json").read_text())
+    assert state["steps"]["refresh"]["status"] == "ok"
+    engine = db.make_engine(os.environ["DATABASE_URL"])
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM appointments")).scalar() == 4
+
+
+def test_failing_step_names_step_error_and_notebook(project_env):
+    engine = db.make_engine(os.environ["DATABASE_URL"])
+    before = db.content_hash(engine)
+    out = run_daily("--day", "2026-02-11", "--steps", "refresh")  # no drop folder for that day
+    assert out.returncode == 1
+    record = project_env / "outputs" / "runs" / "2026-02-11" / "02_refresh.ipynb"
+    assert "step 'refresh' failed" in out.stderr
+    assert "folder is missing" in out.stderr
+    assert str(record) in out.stderr
+    last = out.stderr.strip().splitlines()[-1]  # one closing message naming step, error, notebook
+    assert last.startswith("run_daily.py: day 2026-02-11, step 'refresh' failed: DropError:") and str(record) in last
+    assert "Traceback" not in out.stderr
+    assert db.content_hash(engine) == before
+    state = json.loads((record.parent / "state.json").read_text())
+    assert state["steps"]["refresh"]["status"] == "failed"
+
+
+def test_resume_skips_steps_that_succeeded(project_env):
+    write_day_drop(project_env / "data")
+    assert run_daily("--day", DAY, "--steps", "refresh").returncode == 0
+    record = project_env / "outputs" / "runs" / DAY / "02_refresh.ipynb"
+    mtime = record.stat().st_mtime_ns
+    out = run_daily("--day", DAY, "--steps", "refresh", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert "skipped" in out.stderr
+    assert record.stat().st_mtime_ns == mtime
+
+
+def test_second_run_exits_while_lock_is_held(project_env):
+    from clinic_lib import runner
+    lock = runner.locked()
+    try:
+        out = run_daily("--day", DAY, "--steps", "refresh")
+    finally:
+        lock.release()
+    assert out.returncode == 3
+    assert "another run_daily.py is running" in out.stderr
+    assert not (project_env / "outputs" / "runs").exists()
