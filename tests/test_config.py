@@ -1,0 +1,55 @@
+"""Configuration: paths from the project root whatever the working directory; URLs people paste."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from clinic_lib import config
+from clinic_lib.config import PROJECT_ROOT, get_settings, normalise_database_url
+
+
+def test_defaults_are_under_the_project_root(monkeypatch, tmp_path):
+    for key in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR", "CLINIC_TZ"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path)  # no .env there
+    monkeypatch.chdir("/")
+    s = get_settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'data' / 'clinic.db'}"
+    assert s.outputs_dir == tmp_path / "outputs"
+    assert str(s.clinic_tz) == "Europe/Berlin"
+
+
+def test_paths_do_not_depend_on_working_directory(tmp_path):
+    code = "from clinic_lib.config import get_settings; s = get_settings(); print(s.database_url); print(s.outputs_dir)"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR")}
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True).stdout
+            for cwd in ("/", str(tmp_path), str(PROJECT_ROOT / "notebooks"))}
+    assert len(outs) == 1
+    url, outputs = outs.pop().split()
+    assert url == f"sqlite:///{PROJECT_ROOT / 'data' / 'clinic.db'}"
+    assert outputs == str(PROJECT_ROOT / "outputs")
+
+
+def test_dotenv_is_read_and_environment_wins(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("CLINIC_TZ=America/Sao_Paulo\nCALL_CAPACITY=7\n")
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path)
+    monkeypatch.delenv("CLINIC_TZ", raising=False)
+    monkeypatch.delenv("CALL_CAPACITY", raising=False)
+    assert str(get_settings().clinic_tz) == "America/Sao_Paulo"
+    assert get_settings().call_capacity == 7
+    monkeypatch.setenv("CALL_CAPACITY", "12")
+    assert get_settings().call_capacity == 12
+
+
+def test_database_urls_people_paste():
+    assert normalise_database_url("postgres://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
+    assert normalise_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_database_url("sqlite:///data/x.db") == f"sqlite:///{PROJECT_ROOT / 'data' / 'x.db'}"
+    assert normalise_database_url("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+
+
+def test_relative_folders_are_relative_to_project_root(monkeypatch):
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", "elsewhere/out")
+    assert get_settings().outputs_dir == PROJECT_ROOT / "elsewhere" / "out"
