@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 
 from .errors import CannotRun
@@ -60,8 +61,11 @@ def utc_now_text() -> str:
 
 def series_to_utc_text(utc: pd.Series) -> pd.Series:
     """A tz-aware UTC datetime Series -> stored text (NaT -> None)."""
-    out = utc.dt.strftime(ISO_FORMAT)
-    return out.astype(object).where(utc.notna(), None)
+    # numpy's formatter is ~10x faster than strftime; instants are whole seconds in UTC
+    values = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
+    text = np.char.add(np.datetime_as_string(values, unit="s"), "+00:00").astype(object)
+    text[pd.isna(values)] = None
+    return pd.Series(text, index=utc.index, dtype=object)
 
 
 def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:

@@ -1,0 +1,56 @@
+"""Shared by the bench scripts: demo databases at a given scale, built once and cached in /tmp."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+
+BENCH_TODAY = dt.date(2026, 11, 24)
+CACHE = Path(os.environ.get("CLINIC_BENCH_CACHE", "/tmp/clinic-bench"))
+
+
+def demo_data(scale: int, drop_days: int = 31) -> Path:
+    """data dir with the demo clinic at ``scale`` (1x = 8 physios, 3,200 patients, 2 years)."""
+    from clinic_lib.demo import generate_demo
+    folder = CACHE / f"data-{scale}x"
+    if not (folder / "raw" / "appointments.csv").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        generate_demo(folder, seed=7, today=BENCH_TODAY, physios=8 * scale, patients=3200 * scale,
+                      days_history=730, days_ahead=21, drop_days=drop_days)
+    return folder
+
+
+def loaded_sqlite(scale: int, name: str = "clinic") -> tuple[str, Path]:
+    """A SQLite copy of the demo at ``scale`` after the initial load (copied fresh each call)."""
+    from clinic_lib import db
+    from clinic_lib.refresh import load_raw
+    data = demo_data(scale)
+    master = CACHE / f"loaded-{scale}x.db"
+    if not master.exists():
+        engine = db.make_engine(f"sqlite:///{master}")
+        load_raw(engine, folder=data / "raw")
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+    target = CACHE / f"{name}-{scale}x.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(target) + suffix).unlink(missing_ok=True)
+    shutil.copy(master, target)
+    return f"sqlite:///{target}", data
+
+
+def timed(fn, repeat: int = 5) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
