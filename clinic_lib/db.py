@@ -280,6 +280,9 @@ reminders = sa.Table(
 
 # Tables holding the clinic's data (what a content hash compares); the rest are run logs.
 DATA_TABLES = ("patients", "physios", "physio_hours", "appointments", "payments")
+# What the daily chain derives from them; a content hash of these leaves out when they were made.
+DERIVED_TABLES = ("risk_scores", "priorities", "reminders", "call_outcomes")
+RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at"})
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -335,7 +338,10 @@ def is_sqlite(engine_or_conn) -> bool:
 
 
 def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
-    """A hash of every row of the clinic's data tables, in primary-key order.
+    """A hash of every row of the given tables (default: the clinic's data), in primary-key order.
+
+    Run timestamps (RUN_TIMESTAMP_COLUMNS) are left out, so a rerun that derives the same rows hashes
+    the same.
 
     Values are normalised (instants to UTC text, dates to ISO text) so the same content hashes the
     same whichever database holds it.
@@ -354,7 +360,8 @@ def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
         for name in tables:
             table = metadata.tables[name]
             pk = [c for c in table.primary_key.columns]
+            columns = [c for c in table.columns if c.name not in RUN_TIMESTAMP_COLUMNS]
             h.update(name.encode())
-            for row in conn.execute(sa.select(table).order_by(*pk)):
+            for row in conn.execute(sa.select(*columns).order_by(*pk)):
                 h.update(repr(tuple(norm(v) for v in row)).encode())
     return h.hexdigest()

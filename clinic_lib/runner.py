@@ -114,12 +114,17 @@ def step_parameters(step: str, day: dt.date, engine=None, empty_day: bool = Fals
             params["allow_empty"] = empty_day
         return params
     if step == "train":
-        return {"as_of": day.isoformat(), "only_if_stale": True}
+        return {"as_of": day.isoformat()}
     from .calendar import next_clinic_day
     target = next_clinic_day(engine, day)
     if step == "reminders":
         return {"day": target.isoformat(), "dry_run": False}
     return {"day": target.isoformat()}
+
+
+def _model_needs_training() -> bool:
+    from .predict import needs_training
+    return needs_training()
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict, progress: bool = True) -> None:
@@ -161,6 +166,10 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             from .report import render_run_report
             path = render_run_report(out_dir)
             res = StepResult(step.name, "ok", time.perf_counter() - t0, path)
+        elif step.name == "train" and not _model_needs_training():
+            # No kernel start for a model that is fresh: the step is done by not being needed.
+            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh, not retrained")
+            log.info("%s train: model is fresh (younger than MODEL_MAX_AGE_DAYS), not retrained", day)
         else:
             output = out_dir / f"{index:02d}_{step.name}.ipynb"
             try:
