@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@if [ ! -f $(DEMO_DB) ] && [ -z "$$DATABASE_URL" ]; then \
 		$(BIN)/clinic demo && $(BIN)/clinic load; \
 	fi
-	$(BIN)/python run_daily.py --day $$($(BIN)/clinic demo-day)
+	$(BIN)/python run_daily.py --from $$($(BIN)/clinic demo-day --first) --to $$($(BIN)/clinic demo-day)
 	@$(BIN)/clinic where
 
 test: $(STAMP)

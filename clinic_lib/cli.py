@@ -51,8 +51,10 @@ def cmd_demo(a):
         days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days)
     for key, value in summary.items():
         print(f"{key}: {value}")
+    today = a.today or _today()
     _demo_marker(a.data_dir).write_text(json.dumps(
-        {"today": str(a.today or _today()), "seed": a.seed, "scale": a.scale}, indent=2))
+        {"today": str(today), "first_drop": str(today - dt.timedelta(days=a.drop_days - 1)),
+         "seed": a.seed, "scale": a.scale}, indent=2))
     return 0
 
 
@@ -62,13 +64,17 @@ def _demo_marker(data_dir=None) -> Path:
 
 
 def args_demo_day(p):
-    pass
+    p.add_argument("--first", action="store_true", help="the first day with a drop instead")
 
 
 def cmd_demo_day(a):
     """Print the demo's current day (what `clinic demo` was run for), else today."""
     marker = _demo_marker()
-    print(json.loads(marker.read_text())["today"] if marker.exists() else _today())
+    if not marker.exists():
+        print(_today())
+        return 0
+    info = json.loads(marker.read_text())
+    print(info["first_drop"] if a.first else info["today"])
     return 0
 
 
@@ -118,6 +124,27 @@ def cmd_migrate(a):
     return 0
 
 
+def args_validate(p):
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--day", type=_day, help="validate the drop data/daily/D/ against the database")
+    what.add_argument("--db", action="store_true", help="validate the whole database")
+    p.add_argument("--drop-dir", type=Path, default=None, help="with --day: the drop folder (default data/daily/D)")
+    p.add_argument("--empty-day", action="store_true", help="with --day: the clinic was closed, no rows for D expected")
+    p.add_argument("--full", action="store_true", help="with --db: also re-check what the schema's constraints enforce")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON instead of the summary")
+
+
+def cmd_validate(a):
+    """Exit 0: clean (warnings allowed); 1: errors found; 2: could not run (no drop folder, no database)."""
+    from . import validate
+    if a.db:
+        report = validate.validate_db(full=a.full)
+    else:
+        report = validate.validate_drop(a.day, folder=a.drop_dir, allow_empty=a.empty_day)
+    print(report.to_json() if a.json else report.summary_text())
+    return report.exit_code
+
+
 def args_refresh(p):
     p.add_argument("--day", type=_day, required=True)
     p.add_argument("--empty-day", action="store_true", help="the clinic was closed: accept a drop with no rows for the day")
@@ -132,13 +159,142 @@ def cmd_refresh(a):
     return 0
 
 
+# --- reception: priorities / reminders / api (issue 5) ------------------------------------------
+
+def _next_clinic_day():
+    from .calendar import next_clinic_day
+    return next_clinic_day(None, _today())
+
+
+def args_priorities(p):
+    p.add_argument("--day", type=_day, default=None, help="clinic day D (default: the next clinic day)")
+
+
+def cmd_priorities(a):
+    from .priorities import build_priorities
+    r = build_priorities(a.day or _next_clinic_day())
+    print(f"priorities for {r.day}: {len(r)} appointment(s) "
+          f"(risk from the model: {r.risk_sources['model']}, heuristic: {r.risk_sources['heuristic']}) "
+          f"-> {r.csv_path}")
+    if len(r):
+        print(r.frame[["rank", "appt_start", "patient_name", "phone", "priority_score", "priority_reason"]]
+              .head(20).to_string(index=False))
+    return 0
+
+
+def args_reminders(p):
+    p.add_argument("--day", type=_day, default=None, help="clinic day D (default: the next clinic day)")
+    p.add_argument("--dry-run", action="store_true", help="show the messages; write no file, no ledger row")
+    p.add_argument("--resend", action="store_true", help="send again to appointments already reminded")
+
+
+def cmd_reminders(a):
+    from .reminders import send_reminders
+    r = send_reminders(a.day or _next_clinic_day(), dry_run=a.dry_run, resend=a.resend)
+    print(r.summary())
+    for m in r.messages:
+        print(f"  {m['status']}: appointment {m['appointment_id']} to {m['to']}: {m['subject']}")
+    for m in r.already_sent:
+        print(f"  already sent: appointment {m['appointment_id']} to {m['to']} at {m['sent_at']}")
+    for m in r.not_emailed:
+        print(f"  not emailed: appointment {m['appointment_id']} {m['patient_name']} "
+              f"(phone {m['phone'] or '-'}): {m['reason']}")
+    return 0
+
+
+def args_api(p):
+    p.add_argument("--host", default=None, help="default: CLINIC_API_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: CLINIC_API_PORT or 8008")
+    p.add_argument("--threads", type=int, default=4, help="waitress worker threads")
+    p.add_argument("--no-cache", action="store_true", help="query the database for every list (no in-memory cache)")
+
+
+def cmd_api(a):
+    from .api import serve
+    serve(a.host, a.port, a.threads, cache=False if a.no_cache else None)
+    return 0
+
+
+# --- cancellation-risk model: train / score / import-noshow (issue 4) ------------------------------
+
+def args_train(p):
+    p.add_argument("--as-of", type=_day, default=None,
+                   help="last clinic day with known outcomes to learn from (default: today in CLINIC_TZ)")
+    p.add_argument("--valid-days", type=int, default=28, help="validation window: the last N days up to --as-of")
+    p.add_argument("--model", choices=("auto", "logreg", "rf", "hgb"), default="auto",
+                   help="auto = compare all three on the validation window and keep the best log loss")
+
+
+def cmd_train(a):
+    from .train import train
+    r = train(as_of=a.as_of, valid_days=a.valid_days, model=a.model)
+    v = r.metrics["validation"]
+    print(r.comparison.drop(columns=["seconds"]).to_string(index=False))
+    print(f"model {r.model_version} ({r.kind}): ROC AUC {v['roc_auc']:.3f}, precision@{v['k']} "
+          f"{v['precision_at_k']:.3f}, base rate {v['base_rate']:.3f}, Brier {v['brier']:.4f}, "
+          f"calibration error {v['calibration_error']:.3f} -> {r.model_path}, {r.metrics_path} "
+          f"({r.seconds:.1f} s)")
+    return 0
+
+
+def args_score(p):
+    p.add_argument("--day", type=_day, default=None, help="clinic day D (default: the next clinic day)")
+
+
+def cmd_score(a):
+    from .predict import score_day
+    r = score_day(a.day or _next_clinic_day())
+    counts = r.scores["risk_bucket"].value_counts().to_dict()
+    print(f"scored {len(r.scores)} booked appointment(s) of {r.day} with {r.model_version} "
+          f"(high {counts.get('high', 0)}, medium {counts.get('medium', 0)}, low {counts.get('low', 0)}) "
+          f"-> {r.day_csv}")
+    return 0
+
+
+def args_import_noshow(p):
+    p.add_argument("path", type=Path, help="KaggleV2-May-2016.csv.zip (or the .csv inside)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="a fresh SQLite file to create (default: data/noshow.db)")
+    p.add_argument("--database-url", default=None, help="import into this (empty) database instead of --out")
+
+
+def cmd_import_noshow(a):
+    from .config import normalise_database_url
+    from .noshow import import_noshow
+    url = normalise_database_url(a.database_url) if a.database_url else None
+    summary = import_noshow(a.path, database_url=url, out=a.out)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def args_dashboard(p):
+    p.add_argument("--port", type=int, default=None, help="default: CLINIC_DASHBOARD_PORT or 8866")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+
+
+def cmd_dashboard(a):
+    from .dashboard import serve
+    serve(port=a.port, host=a.host)  # replaces this process with Voila
+    return 0
+
+
 COMMANDS = {
     "demo": (args_demo, cmd_demo, "generate the demo clinic's CSV files (data/raw and daily drops)"),
     "load": (args_load, cmd_load, "initial load of data/raw/ into the database"),
     "migrate": (args_migrate, cmd_migrate, "bring the database to the current schema"),
     "refresh": (args_refresh, cmd_refresh, "apply one day's drop (data/daily/D/)"),
+    "validate": (args_validate, cmd_validate, "check a drop (--day D) or the whole database (--db); exit 0 ok, 1 errors, 2 could not run"),
+    "train": (args_train, cmd_train, "train the cancellation-risk model (compare, calibrate, save)"),
+    "score": (args_score, cmd_score, "score a clinic day's booked appointments with the model"),
+    "import-noshow": (args_import_noshow, cmd_import_noshow,
+                      "import the public Medical Appointment No Shows file into a fresh database"),
     "demo-day": (args_demo_day, cmd_demo_day, "print the demo's current day"),
     "where": (args_where, cmd_where, "print where the outputs are and how to open the tools"),
+    "priorities": (args_priorities, cmd_priorities, "build the callback list of a clinic day"),
+    "reminders": (args_reminders, cmd_reminders, "write (and send) the reminder emails of a clinic day"),
+    "api": (args_api, cmd_api, "serve the reception API (waitress)"),
+    "dashboard": (args_dashboard, cmd_dashboard, "serve the KPI dashboard (Voila, http://127.0.0.1:8866/)"),
 }
 
 

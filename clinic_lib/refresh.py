@@ -148,6 +148,11 @@ def _describe_integrity_error(exc: sa.exc.IntegrityError) -> str:
     return f"the database refused the drop: {str(exc.orig).splitlines()[0]}"
 
 
+def _is_roster_day(engine: sa.Engine, day: dt.date) -> bool:
+    from .calendar import working_weekdays
+    return day.weekday() in working_weekdays(engine)
+
+
 def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None,
                 allow_empty: bool = False) -> RefreshResult:
     """Apply the drop of clinic-local day ``day`` in one transaction (see the module docstring)."""
@@ -164,9 +169,11 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         appts, pays = tables["appointments"], tables["payments"]
         day_text = day.isoformat()
         day_rows = int((appts["local_date"] == day_text).sum() + (pays["paid_date"] == day_text).sum())
-        if day_rows == 0 and not allow_empty:
-            raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}; "
-                            "if the clinic was closed that day, say so (--empty-day / allow_empty=True)")
+        if day_rows == 0 and not allow_empty and _is_roster_day(engine, day):
+            # An empty export of a working day is more often a broken export than a quiet day.
+            raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}, "
+                            "a day on the roster; if the clinic was closed that day, say so "
+                            "(--empty-day / allow_empty=True)")
         written = deleted = 0
         with db.begin_write(engine) as conn:
             _check_references(conn, tables)

@@ -79,11 +79,20 @@ def test_future_booking_changed_on_a_later_day_is_upserted(clinic_env, engine):
 
 
 def test_empty_day_refused_unless_declared(clinic_env, engine):
-    write_drop(clinic_env / "data" / "daily" / "2026-02-14")
-    with pytest.raises(DropError, match="no appointments or payments for 2026-02-14"):
-        refresh_day("2026-02-14", engine=engine)
+    write_drop(clinic_env / "data" / "daily" / "2026-02-13", hours=HOURS)  # a Friday, on the roster
+    with pytest.raises(DropError, match="no appointments or payments for 2026-02-13, a day on the roster"):
+        refresh_day("2026-02-13", engine=engine)
     assert last_etl(engine)[2] == "failed"
-    refresh_day("2026-02-14", engine=engine, allow_empty=True)
+    refresh_day("2026-02-13", engine=engine, allow_empty=True)
+    assert last_etl(engine)[2] == "ok"
+
+
+def test_empty_day_off_the_roster_is_accepted(clinic_env, engine):
+    write_drop(clinic_env / "data" / "daily" / "2026-02-13", hours=HOURS, appointments=[
+        appt(1, "2026-02-13T09:00:00+01:00", "2026-02-13T09:30:00+01:00")])
+    refresh_day("2026-02-13", engine=engine)  # now the database knows the Monday-Friday roster
+    write_drop(clinic_env / "data" / "daily" / "2026-02-15")  # Sunday: nobody works
+    refresh_day("2026-02-15", engine=engine)
     assert last_etl(engine)[2] == "ok"
 
 
