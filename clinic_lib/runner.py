@@ -109,10 +109,7 @@ def _write_state(day, state: dict) -> None:
 def step_parameters(step: str, day: dt.date, engine=None, empty_day: bool = False) -> dict:
     """The notebook parameters of a step for the run of day D (strings, as papermill passes them)."""
     if step in ("validate", "refresh"):
-        params = {"day": day.isoformat()}
-        if step == "refresh":
-            params["allow_empty"] = empty_day
-        return params
+        return {"day": day.isoformat(), "allow_empty": empty_day}
     if step == "train":
         return {"as_of": day.isoformat()}
     from .calendar import next_clinic_day
@@ -216,11 +213,37 @@ def default_day() -> dt.date:
 
 def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False,
               quiet: bool = False) -> list[RunResult]:
-    """Backfill: the chain for each day from ``first`` to ``last`` in order; stops at the first bad day."""
-    first, last = parse_day(first), parse_day(last)
-    results = []
-    day = first
-    while day <= last:
-        results.append(run_day(day, steps=steps, resume=resume, quiet=quiet))
-        day += dt.timedelta(days=1)
-    return results
+    """Backfill the days from ``first`` to ``last`` in order; stops at the first bad day.
+
+    The days before the last are validated and refreshed in one notebook (one kernel for the range,
+    ``notebooks/backfill.ipynb``); the last day then runs the requested steps. Scores, callback lists
+    and reminders are for the day ahead, so the days before the last get none.
+    """
+    from .backfill import days_between
+    days = days_between(first, last)
+    earlier, last_day = days[:-1], days[-1]
+    if resume:
+        earlier = [d for d in earlier if not _refreshed(d)]
+    if earlier and {"validate", "refresh"} & set(steps):
+        t0 = time.perf_counter()
+        output = run_dir(last_day) / f"00_backfill_{earlier[0]}_{earlier[-1]}.ipynb"
+        log.info("%s .. %s backfill: validate and refresh %d day(s) in one kernel", earlier[0], earlier[-1], len(earlier))
+        try:
+            execute_notebook(NOTEBOOKS_DIR / "backfill.ipynb", output,
+                             {"date_from": earlier[0].isoformat(), "date_to": earlier[-1].isoformat()},
+                             progress=not quiet)
+        except Exception as exc:
+            raise StepFailed(f"backfill {earlier[0]} .. {earlier[-1]} stopped: {_error_summary(exc)}; "
+                             f"the days before the failing one were applied; open {output} to see where") from exc
+        for day in earlier:  # record the days done, so --resume and the run records know
+            state = read_state(day)
+            run_dir(day).mkdir(parents=True, exist_ok=True)
+            for name in ("validate", "refresh"):
+                state["steps"][name] = {"status": "ok", "at": utc_now_text(), "in": output.name}
+            _write_state(day, state)
+        log.info("backfill: %d day(s) applied in %.1f s", len(earlier), time.perf_counter() - t0)
+    return [run_day(last_day, steps=steps, resume=resume, quiet=quiet)]
+
+
+def _refreshed(day) -> bool:
+    return read_state(day)["steps"].get("refresh", {}).get("status") == "ok"

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 TODAY = dt.date(2026, 11, 24)  # a Tuesday
 DEMO_ARGS = ["--seed", "3", "--today", str(TODAY), "--physios", "3", "--patients", "600",
              "--days-history", "400", "--days-ahead", "14", "--drop-days", "10"]
+FIRST_DROP = TODAY - dt.timedelta(days=9)  # raw ends the day before; drops apply in order from here
 
 
 def clinic(*args, env, check=True):
@@ -52,7 +53,7 @@ def demo_env(tmp_path, db_url):
 
 
 def test_seven_days_twice_identical_database(demo_env):
-    first, last = TODAY - dt.timedelta(days=6), TODAY
+    first, last = FIRST_DROP, FIRST_DROP + dt.timedelta(days=6)
     out = run_daily("--from", str(first), "--to", str(last), env=demo_env)
     assert out.returncode == 0, out.stderr
     engine = db.make_engine(demo_env["DATABASE_URL"])
@@ -72,7 +73,7 @@ def test_seven_days_twice_identical_database(demo_env):
 
 
 def test_backfill_stops_at_first_bad_day(demo_env):
-    days = [TODAY - dt.timedelta(days=n) for n in range(4, -1, -1)]  # 5 days, oldest first
+    days = [FIRST_DROP + dt.timedelta(days=n) for n in range(5)]
     data = Path(demo_env["CLINIC_DATA_DIR"])
     engine = db.make_engine(demo_env["DATABASE_URL"])
     # what the database looks like with days 1-2 applied, and nothing after
@@ -99,6 +100,9 @@ def test_backfill_stops_at_first_bad_day(demo_env):
 
 
 def test_full_chain_for_one_day_leaves_every_output(demo_env):
+    out = run_daily("--from", str(FIRST_DROP), "--to", str(TODAY - dt.timedelta(days=1)),
+                    "--steps", "validate,refresh", env=demo_env)
+    assert out.returncode == 0, out.stderr
     out = run_daily("--day", str(TODAY), env=demo_env)
     assert out.returncode == 0, out.stderr
     outputs = Path(demo_env["CLINIC_OUTPUTS_DIR"])
@@ -129,7 +133,7 @@ def test_full_chain_for_one_day_leaves_every_output(demo_env):
 
 
 def test_two_runs_at_once_never_interleave(demo_env):
-    day = str(TODAY)
+    day = str(FIRST_DROP)
     first = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "run_daily.py"), "--quiet", "--day", day,
                               "--steps", "validate,refresh"], env=demo_env, stderr=subprocess.PIPE, text=True)
     lock = Path(demo_env["CLINIC_OUTPUTS_DIR"]) / ".run.lock"
