@@ -151,6 +151,11 @@ appointments = sa.Table(
     sa.Index("ix_appointments_local_date", "local_date"),
     sa.Index("ix_appointments_patient_start", "patient_id", "appt_start"),
     sa.Index("ix_appointments_physio_start", "physio_id", "appt_start"),
+    # Covering partial indexes for the overlap checks of validate.py (issue 3): the busy slots only.
+    sa.Index("ix_appointments_physio_busy", "physio_id", "appt_start", "appt_end",
+             sqlite_where=sa.text("status <> 'canceled'"), postgresql_where=sa.text("status <> 'canceled'")),
+    sa.Index("ix_appointments_patient_busy", "patient_id", "appt_start", "appt_end",
+             sqlite_where=sa.text("status <> 'canceled'"), postgresql_where=sa.text("status <> 'canceled'")),
 )
 
 payments = sa.Table(
@@ -165,6 +170,8 @@ payments = sa.Table(
     _in("method", PAYMENT_METHODS, "payments"),
     sa.Index("ix_payments_appointment", "appointment_id"),
     sa.Index("ix_payments_paid_date", "paid_date"),
+    # Covering index for the payment checks of validate.py (totals and duplicates per appointment).
+    sa.Index("ix_payments_appointment_amount_paid", "appointment_id", "amount_cents", "paid_at"),
 )
 
 etl_runs = sa.Table(

@@ -1,0 +1,198 @@
+"""The validation gate end to end: CLI exit codes, DST days, the notebook under papermill, and fuzzing
+(whatever the bytes, a report or a clear UserError, and the database unchanged)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clinic_lib import db, validate
+from clinic_lib.cli import main
+from clinic_lib.errors import UserError
+from clinic_lib.refresh import load_raw
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).resolve().parent / "bad_drops"
+DAY = json.loads((CORPUS / "manifest.json").read_text())["day"]
+
+
+@pytest.fixture
+def loaded(engine, clinic_env):
+    load_raw(engine, folder=CORPUS / "base")
+    return engine
+
+
+def _place(clinic_env, folder: str, day: str = DAY) -> Path:
+    target = clinic_env / "data" / "daily" / day
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(CORPUS / folder, target)
+    return target
+
+
+def test_cli_exit_codes(loaded, clinic_env, capsys):
+    _place(clinic_env, "clean")
+    assert main(["validate", "--day", DAY]) == 0
+    assert "OK" in capsys.readouterr().out
+    _place(clinic_env, "orphan_patient")
+    assert main(["validate", "--day", DAY]) == 1
+    out = capsys.readouterr().out
+    assert "orphan.patient" in out and "appointments.csv line 4" in out
+    _place(clinic_env, "roster_outside")  # a warning only: the scheduler goes on
+    assert main(["validate", "--day", DAY]) == 0
+    assert main(["validate", "--day", "2026-03-31"]) == 2  # no drop folder: could not run
+    assert "missing" in capsys.readouterr().err
+    assert main(["validate", "--db"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--db", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scope"] == "db"
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--day", "2026-02-30"])
+    assert exc.value.code == 2
+    with db.make_engine().connect() as conn:
+        statuses = [r.status for r in conn.execute(db.validation_runs.select().order_by(db.validation_runs.c.run_id))]
+    assert statuses == ["ok", "errors", "warnings", "failed", "ok", "ok"]
+
+
+@pytest.mark.parametrize("day, start, booked", [
+    # the night the clocks go back: 00:30 CEST on D is 22:30 UTC the day before; the second 02:30 is CET
+    ("2026-10-25", "2026-10-25T00:30:00+02:00", "2026-10-20T10:00:00+02:00"),
+    ("2026-10-25", "2026-10-25T02:30:00+01:00", "2026-10-20T10:00:00+02:00"),
+    # the night the clocks go forward: 03:30 CEST is 01:30 UTC
+    ("2026-03-29", "2026-03-29T03:30:00+02:00", "2026-03-20T10:00:00+01:00"),
+])
+def test_dst_days_rows_belong_to_their_local_day(loaded, clinic_env, day, start, booked):
+    import datetime as dt
+    end = (dt.datetime.fromisoformat(start) + dt.timedelta(minutes=30)).isoformat()
+    folder = clinic_env / "drop"
+    folder.mkdir()
+    header = (CORPUS / "clean" / "appointments.csv").read_text().splitlines()[0]
+    (folder / "appointments.csv").write_text(f"{header}\n900,1,1,{start},{end},{booked},completed,,60.00,0\n")
+    for table in ("patients", "physios"):
+        shutil.copy(CORPUS / "clean" / f"{table}.csv", folder)
+    (folder / "payments.csv").write_text((CORPUS / "clean" / "payments.csv").read_text().splitlines()[0] + "\n")
+    report = validate.validate_drop(day, loaded, folder=folder, record=False)
+    assert report.errors == [], report.summary_text()
+    assert report.checks["drop.no_rows_for_day"].count == 0
+    assert [c.id for c in report.warnings] == ["roster.outside"]  # a Sunday: no roster block
+
+
+def test_notebook_accepts_a_clean_drop_and_fails_on_a_bad_one(loaded, clinic_env, db_url):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the notebook runs the same code; once on SQLite is enough")
+    import papermill as pm
+    nb = ROOT / "notebooks" / "validate.ipynb"
+    _place(clinic_env, "clean")
+    pm.execute_notebook(str(nb), str(clinic_env / "ok.ipynb"), parameters={"day": DAY}, kernel_name="python3",
+                        cwd=str(nb.parent), progress_bar=False)
+    assert (clinic_env / "outputs" / "validation" / f"validation_{DAY}.json").exists()
+    _place(clinic_env, "payment_not_completed")
+    before = db.content_hash(loaded)
+    with pytest.raises(pm.PapermillExecutionError) as exc:
+        pm.execute_notebook(str(nb), str(clinic_env / "bad.ipynb"), parameters={"day": DAY},
+                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
+    assert exc.value.ename == "ValidationFailed" and "payment.not_completed" in exc.value.evalue
+    assert db.content_hash(loaded) == before
+
+
+def test_notebook_is_committed_without_outputs():
+    import nbformat
+    nb = nbformat.read(ROOT / "notebooks" / "validate.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "parameters" in code[0].metadata.get("tags", [])
+
+
+# --- fuzzing -------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+CLEAN = {t: (CORPUS / "clean" / f"{t}.csv").read_bytes() for t in ("patients", "physios", "appointments", "payments")}
+
+
+@pytest.fixture
+def fuzz_db(tmp_path, monkeypatch):
+    """One SQLite database for all examples of a fuzz test (validation must leave it as it is)."""
+    from clinic_lib.migrate import migrate
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    migrate(engine)
+    load_raw(engine, folder=CORPUS / "base")
+    return engine, db.content_hash(engine), tmp_path / "drop"
+
+
+def _run(fuzz_db, files: dict) -> None:
+    engine, before, folder = fuzz_db
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for table, data in files.items():
+        (folder / f"{table}.csv").write_bytes(data)
+    try:
+        report = validate.validate_drop(DAY, engine, folder=folder, record=False)
+        json.loads(report.to_json())
+        report.summary_text()
+    except UserError:
+        pass
+    assert db.content_hash(engine) == before
+
+
+def _mutate(data: bytes, edits) -> bytes:
+    out = bytearray(data)
+    for pos, kind, byte in edits:
+        if not out:
+            out.append(byte)
+            continue
+        i = pos % len(out)
+        if kind == 0:
+            del out[i]
+        elif kind == 1:
+            out.insert(i, byte)
+        else:
+            out[i] = byte
+    return bytes(out)
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 2),
+                           st.sampled_from(b',"\n\r\x00\xff\xe9-+:.0159aZT \t')), min_size=1, max_size=6)
+
+
+@FUZZ
+@given(table=st.sampled_from(sorted(CLEAN)), edits=EDITS)
+def test_fuzz_mutated_csv_gives_a_report(fuzz_db, table, edits):
+    _run(fuzz_db, {**CLEAN, table: _mutate(CLEAN[table], edits)})
+
+
+@FUZZ
+@given(table=st.sampled_from(sorted(CLEAN)), data=st.binary(max_size=400))
+def test_fuzz_random_bytes_give_a_report(fuzz_db, table, data):
+    _run(fuzz_db, {**CLEAN, table: data})
+
+
+@FUZZ
+@given(table=st.sampled_from(sorted(CLEAN)),
+       cells=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30), min_size=1, max_size=12))
+def test_fuzz_odd_values_in_a_row(fuzz_db, table, cells):
+    lines = CLEAN[table].decode().splitlines()
+    import csv
+    import io
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    _run(fuzz_db, {**CLEAN, table: ("\n".join(lines[:2]) + "\n" + buf.getvalue()).encode()})
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_fuzz_the_csv_reader(tmp_path_factory, data):
+    """dataset.read_csv_text/parse_table (used by the refresh): a frame or a DropError, nothing else."""
+    from zoneinfo import ZoneInfo
+    from clinic_lib.dataset import parse_table, read_csv_text
+    path = tmp_path_factory.mktemp("r") / "payments.csv"
+    path.write_bytes(CLEAN["payments"][:60] + data)
+    try:
+        parse_table("payments", read_csv_text(path), ZoneInfo("Europe/Berlin"))
+    except UserError:
+        pass
