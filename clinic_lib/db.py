@@ -101,6 +101,7 @@ patients = sa.Table(
     sa.Column("date_of_birth", Day),
     sa.Column("gender", sa.Text),
     sa.Column("created_at", Instant, nullable=False),
+    sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("consent_form_received", "patients"),
     _flag("reminder_consent", "patients"),
     sa.CheckConstraint("gender IS NULL OR gender IN ('F', 'M', 'X')", name="ck_patients_gender"),
@@ -111,6 +112,7 @@ physios = sa.Table(
     sa.Column("physio_id", Id, primary_key=True, autoincrement=False),
     sa.Column("full_name", sa.Text, nullable=False),
     sa.Column("active", Flag, nullable=False, server_default="1"),
+    sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("active", "physios"),
 )
 
@@ -140,6 +142,9 @@ appointments = sa.Table(
     sa.Column("price_estimate_cents", Cents),
     sa.Column("is_first_visit", Flag, nullable=False, server_default="0"),
     sa.Column("local_date", Day, nullable=False),  # clinic-local date of appt_start
+    # The drop that last wrote the row (NULL: initial load). An older drop applied again never
+    # overwrites a row a later drop wrote: re-running a range leaves the newest state.
+    sa.Column("source_day", Day),
     _in("status", APPOINTMENT_STATUSES, "appointments"),
     sa.CheckConstraint("appt_end > appt_start", name="ck_appointments_end_after_start"),
     sa.CheckConstraint("booked_at <= appt_start", name="ck_appointments_booked_before_start"),
@@ -289,7 +294,8 @@ reminders = sa.Table(
 DATA_TABLES = ("patients", "physios", "physio_hours", "appointments", "payments")
 # What the daily chain derives from them; a content hash of these leaves out when they were made.
 DERIVED_TABLES = ("risk_scores", "priorities", "reminders", "call_outcomes")
-RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at"})
+# Bookkeeping a content hash leaves out: when derived rows were made, which drop wrote a row.
+RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at", "source_day"})
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -347,8 +353,8 @@ def is_sqlite(engine_or_conn) -> bool:
 def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
     """A hash of every row of the given tables (default: the clinic's data), in primary-key order.
 
-    Run timestamps (RUN_TIMESTAMP_COLUMNS) are left out, so a rerun that derives the same rows hashes
-    the same.
+    Bookkeeping (RUN_TIMESTAMP_COLUMNS: run timestamps, source_day) is left out, so a rerun that
+    derives the same rows hashes the same.
 
     Values are normalised (instants to UTC text, dates to ISO text) so the same content hashes the
     same whichever database holds it.

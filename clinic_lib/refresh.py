@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from . import db
 from .config import get_settings
-from .dataset import COLUMNS, DropError, Tables, read_folder
+from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, read_folder
 from .errors import UserError
 from .migrate import ensure_schema
 from .timeutil import parse_day, utc_now_text
@@ -133,10 +133,30 @@ def _check_references(conn: sa.Connection, tables: Tables) -> None:
                             value=outside[missing].iloc[0])
 
 
+VERSIONED_TABLES = ("patients", "physios", "appointments")  # rows carry source_day
+
+
+def newer_in_database(conn: sa.Connection, table: str, frame: pd.DataFrame, day: str) -> pd.Series:
+    """Rows of a drop for ``day`` whose id a later drop has already written (source_day > day).
+
+    Applying an old drop again must not put those rows back to their older state.
+    """
+    t = db.metadata.tables[table]
+    id_col = t.c[ID_COLUMN[table]]
+    ids = [int(i) for i in frame[id_col.name].dropna().unique()]
+    newer = set()
+    for i in range(0, len(ids), 900):
+        newer |= set(conn.execute(sa.select(id_col).where(
+            id_col.in_(ids[i:i + 900]), t.c.source_day > day)).scalars())
+    return frame[id_col.name].isin(newer)
+
+
 def _delete_missing(conn, table: str, id_col: str, date_col: str, day: str, keep) -> int:
     t = db.metadata.tables[table]
     keep = [int(k) for k in keep]
     query = sa.select(t.c[id_col]).where(t.c[date_col] == day)
+    if "source_day" in t.c:  # a row a later drop wrote is that drop's to keep or remove
+        query = query.where(sa.or_(t.c.source_day.is_(None), t.c.source_day <= day))
     existing = set(conn.execute(query).scalars())
     gone = sorted(existing - set(keep))
     for i in range(0, len(gone), 900):
@@ -177,6 +197,10 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         written = deleted = 0
         with db.begin_write(engine) as conn:
             _check_references(conn, tables)
+            for table in VERSIONED_TABLES:
+                frame = tables.frames[table]
+                stale = newer_in_database(conn, table, frame, day_text)
+                tables.frames[table] = frame[~stale].assign(source_day=day_text)
             # Payments first: an appointment of D that is gone may only go with its payments.
             deleted += _delete_missing(conn, "payments", "payment_id", "paid_date", day_text,
                                        pays.loc[pays["paid_date"] == day_text, "payment_id"])
@@ -230,7 +254,10 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
             for ix in indexes:
                 ix.drop(conn)
             for table in LOAD_ORDER:
-                written += bulk_insert(conn, table, tables[table].sort_values(list(PRIMARY_KEYS[table])))
+                frame = tables[table].sort_values(list(PRIMARY_KEYS[table]))
+                if table in VERSIONED_TABLES:
+                    frame = frame.assign(source_day=None)
+                written += bulk_insert(conn, table, frame)
             for ix in indexes:
                 ix.create(conn)
     except (DropError, sa.exc.IntegrityError) as exc:

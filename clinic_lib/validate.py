@@ -40,6 +40,7 @@ from . import db
 from .checks import CATALOGUE, DB, DROP, ERROR, for_scope
 from .config import _env, get_settings
 from .dataset import COLUMNS, DROP_FILES, ID_COLUMN
+from .refresh import VERSIONED_TABLES, newer_in_database
 from .errors import CannotRun, UserError
 from .timeutil import ISO_FORMAT, parse_day, utc_now_text
 
@@ -801,6 +802,12 @@ def _validate_drop(report: Report, folder: Path, engine, tz, day: dt.date, allow
     with engine.connect() as conn:
         trans = conn.begin()
         try:
+            # Rows a later drop already wrote are left alone by the refresh (source_day): check the
+            # drop as the refresh will apply it, so re-running an old day is not a false alarm.
+            for table in VERSIONED_TABLES:
+                if table in staged and len(staged[table]):
+                    frame = staged[table]
+                    staged[table] = frame[~newer_in_database(conn, table, frame, day_text).to_numpy()]
             _drop_sql_checks(conn, report, staged, params)
             hours = pd.read_sql(sa.text("SELECT physio_id, weekday, start_time, end_time FROM physio_hours"), conn)
         finally:

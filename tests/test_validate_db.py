@@ -80,7 +80,7 @@ def _plant(engine, with_bad_text: bool = False):
             conn.execute(db.metadata.tables[table].insert(), rows)
         if with_bad_text:  # another tool's text, past the Instant type's normalisation
             conn.exec_driver_sql(f"INSERT INTO appointments VALUES (24, 1, 1, '{d}6 09:00:00', '{d}6T09:30:00{z}', "
-                                 f"'2026-03-20T10:00:00{z}', 'completed', NULL, 6000, 0, '{d}6')")  # timestamp.format
+                                 f"'2026-03-20T10:00:00{z}', 'completed', NULL, 6000, 0, '{d}6', NULL)")  # timestamp.format
 
 
 EXPECTED = {
@@ -152,7 +152,7 @@ def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
     raw.execute("PRAGMA foreign_keys = OFF")
     raw.execute("DROP TRIGGER trg_payments_need_completed_insert")
     raw.execute("INSERT INTO appointments VALUES (300, 77, 1, '2026-03-26T08:00:00+00:00', "
-                "'2026-03-26T08:30:00+00:00', '2026-03-20T08:00:00+00:00', 'canceled', NULL, 4500, 0, '2026-03-26')")
+                "'2026-03-26T08:30:00+00:00', '2026-03-20T08:00:00+00:00', 'canceled', NULL, 4500, 0, '2026-03-26', NULL)")
     raw.execute("INSERT INTO payments VALUES (700, 300, 4500, '2026-03-26T09:00:00+00:00', '2026-03-26', 'card')")
     raw.commit()
     raw.close()
