@@ -142,3 +142,39 @@ def test_next_clinic_day_without_roster(sqlite_url):
     e = db.make_engine(sqlite_url)
     migrate(e)
     assert next_clinic_day(e, dt.date(2026, 10, 23)) == dt.date(2026, 10, 26)  # Mon-Fri assumed
+
+
+@pytest.fixture
+def sqlite_clinic(tmp_path, monkeypatch, sqlite_url):
+    """The reception clinic in a SQLite file, with the project environment pointing at it."""
+    from clinic_lib.migrate import migrate
+    monkeypatch.setenv("CLINIC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    e = db.make_engine(sqlite_url)
+    migrate(e)
+    load_clinic(e)
+    yield e
+    e.dispose()
+
+
+def test_cli_priorities(sqlite_clinic, capsys):
+    from clinic_lib.cli import main
+    assert main(["priorities", "--day", "2026-03-30"]) == 0
+    out = capsys.readouterr().out
+    assert "priorities for 2026-03-30: 4 appointment(s)" in out and "Bob Brandt" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["priorities", "--day", "2026-13-01"])
+    assert exc.value.code == 2
+
+
+def test_priorities_notebook_with_parameters_only(sqlite_clinic, tmp_path):
+    import papermill as pm
+    from clinic_lib.config import PROJECT_ROOT
+    out = tmp_path / "priorities_out.ipynb"
+    pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "priorities.ipynb"), str(out),
+                        parameters={"day": "2026-03-30"}, cwd=str(PROJECT_ROOT / "notebooks"), progress_bar=False,
+                        kernel_name="python3")
+    assert [r["appointment_id"] for r in _table(sqlite_clinic)] == [102, 103, 104, 101]
+    assert (tmp_path / "outputs" / "priorities" / "priorities_2026-03-30.csv").exists()

@@ -266,3 +266,17 @@ def test_sqlite_connections_enforce_fk_wal_busy_timeout(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_reapplying_an_older_drop_keeps_later_states(clinic_env, engine):
+    """Day 1 books next week's visit, day 2 cancels it; running day 1 again must not un-cancel it."""
+    data = clinic_env / "data"
+    write_day_drop(data)  # DAY: appointment 4 booked for 2026-02-17
+    refresh_day(DAY, engine=engine)
+    cancel = {**DAY_APPOINTMENTS[3], "status": "canceled", "canceled_at": "2026-02-11T12:00:00+01:00"}
+    write_day_drop(data, day="2026-02-11", appointments=[cancel], payments=[])
+    refresh_day("2026-02-11", engine=engine, allow_empty=True)
+    after = db.content_hash(engine)
+    refresh_day(DAY, engine=engine)  # the older drop again
+    assert rows(engine, "SELECT status FROM appointments WHERE appointment_id = 4") == [("canceled",)]
+    assert db.content_hash(engine) == after
