@@ -13,11 +13,12 @@ appointments of the same day) and anything later never count; ``tests/test_featu
 by changing every outcome on or after a cutoff and comparing the features.
 
 **Features** (``FEATURES``): lead time (days from booking to start, and its log), weekday, local
-hour, first visit, physio, length in minutes, the patient's prior counts (attended, no-shows, late
+hour, first visit, physio, length in minutes, age in years and age band, the patient's prior counts (attended, no-shows, late
 cancellations, early cancellations) and smoothed failure rates, whether the last finished
 appointment failed, days since the last attended visit (capped at 365), age band as of the day
 (``unknown`` without a date of birth), and whether an email reminder can reach the patient
-(``reminder_consent`` and an email). Patient attributes (date of birth, consent, email) are the
+(``reminder_consent`` and an email), whether a phone number and the consent form are on file,
+and how many appointments the patient holds that day (siblings booked before the cutoff). Patient attributes (date of birth, consent, email) are the
 values held now: the schema keeps no history of them.
 
 History features are vectorised: outcomes are summed per (patient, end instant), cumulated per
@@ -38,9 +39,10 @@ from .timeutil import read_instants
 
 FEATURE_VERSION = 1
 NUMERIC = ["lead_days", "lead_log", "same_day_booking", "hour", "length_min", "is_first_visit",
+           "age_years", "same_day_count",
            "prior_n", "prior_completed", "prior_no_show", "prior_late_cancel", "prior_early_cancel",
            "prior_fail_rate", "prior_no_show_rate", "last_failed", "days_since_last_visit",
-           "has_history", "reminder_reachable"]
+           "has_history", "reminder_reachable", "has_phone", "consent_form"]
 CATEGORICAL = ["weekday", "physio", "age_band"]
 FEATURES = NUMERIC + CATEGORICAL
 HISTORY_FEATURES = ["prior_n", "prior_completed", "prior_no_show", "prior_late_cancel",
@@ -53,16 +55,33 @@ DAYS_SINCE_CAP = 365.0
 
 APPT_COLUMNS = ["appointment_id", "patient_id", "physio_id", "appt_start", "appt_end", "booked_at",
                 "status", "canceled_at", "is_first_visit", "local_date"]
-PATIENT_COLUMNS = ["patient_id", "email", "reminder_consent", "date_of_birth", "gender"]
+HISTORY_COLUMNS = ["patient_id", "appt_start", "appt_end", "status", "canceled_at"]
+PATIENT_COLUMNS = ["patient_id", "phone", "email", "consent_form_received", "reminder_consent",
+                   "date_of_birth", "gender"]
 
 
 # --- reading ----------------------------------------------------------------------------------
 
+def _instants(values: pd.Series) -> pd.Series:
+    if len(values) and not isinstance(values.dropna().iloc[0] if values.notna().any() else "", str):
+        return pd.to_datetime(values, utc=True)  # Postgres via the driver: aware datetimes
+    try:  # the stored form, 'YYYY-MM-DDTHH:MM:SS+00:00': a fixed format parses 3x faster
+        return pd.to_datetime(values, utc=True, format="%Y-%m-%dT%H:%M:%S%z")
+    except (ValueError, TypeError):
+        return read_instants(values)
+
+
+def _day_text(values: pd.Series) -> pd.Series:
+    if len(values) and not isinstance(values.iloc[0], str):
+        return values.map(lambda d: d.isoformat()).astype(object)
+    return values.astype(object)
+
+
 def _normalise_appointments(a: pd.DataFrame) -> pd.DataFrame:
     a = a.copy()
     for col in ("appt_start", "appt_end", "booked_at", "canceled_at"):
-        a[col] = read_instants(a[col]) if len(a) else pd.Series(pd.DatetimeIndex([], tz="UTC"), index=a.index)
-    a["local_date"] = a["local_date"].map(lambda d: d if isinstance(d, str) else d.isoformat()).astype(object)
+        a[col] = _instants(a[col]) if len(a) else pd.Series(pd.DatetimeIndex([], tz="UTC"), index=a.index)
+    a["local_date"] = _day_text(a["local_date"])
     a["appointment_id"] = a["appointment_id"].astype("int64")
     a["patient_id"] = a["patient_id"].astype("int64")
     a["physio_id"] = pd.to_numeric(a["physio_id"]).astype("Int64")
@@ -78,29 +97,46 @@ def _normalise_patients(p: pd.DataFrame) -> pd.DataFrame:
         lambda d: None if d is None or (isinstance(d, float) and np.isnan(d))
         else (d if isinstance(d, str) else d.isoformat())).astype(object)
     p["reminder_consent"] = pd.to_numeric(p["reminder_consent"]).fillna(0).astype("int64")
+    p["consent_form_received"] = pd.to_numeric(p["consent_form_received"]).fillna(0).astype("int64")
     return p
 
 
-def read_appointments(conn, where=None) -> pd.DataFrame:
-    t = db.appointments
-    q = sa.select(*[t.c[c] for c in APPT_COLUMNS])
-    if where is not None:
-        q = q.where(where)
-    result = conn.execute(q)
-    return _normalise_appointments(pd.DataFrame(result.fetchall(), columns=APPT_COLUMNS))
+def _select(conn, table: str, columns: list[str], where: str | None, params) -> pd.DataFrame:
+    """Plain driver SQL (no per-value type processing: ~5x faster for a million rows).
+
+    ``where`` uses ``?`` placeholders; they become ``%s`` on Postgres. Values bound as ISO text
+    (dates, instants) are compared by Postgres after an implicit cast from unknown."""
+    sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {where}" if where else "")
+    if not db.is_sqlite(conn):
+        sql = sql.replace("%", "%%").replace("?", "%s")
+    rows = conn.exec_driver_sql(sql, tuple(params)).fetchall() if params else conn.exec_driver_sql(sql).fetchall()
+    data = list(zip(*rows)) if rows else [[] for _ in columns]
+    return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(columns, data)})
+
+
+def read_appointments(conn, where: str | None = None, params=()) -> pd.DataFrame:
+    """Appointments (``APPT_COLUMNS``) matching a raw SQL condition, instants parsed to UTC."""
+    return _normalise_appointments(_select(conn, "appointments", APPT_COLUMNS, where, params))
+
+
+def read_history(conn, where: str, params=()) -> pd.DataFrame:
+    """Only what the history features read (``HISTORY_COLUMNS``): a lighter query for scoring."""
+    h = _select(conn, "appointments", HISTORY_COLUMNS, where, params)
+    for col in ("appt_start", "appt_end", "canceled_at"):
+        h[col] = _instants(h[col]) if len(h) else pd.Series(pd.DatetimeIndex([], tz="UTC"), index=h.index)
+    h["patient_id"] = h["patient_id"].astype("int64")
+    h["status"] = h["status"].astype(object)
+    return h
 
 
 def read_patients(conn, ids=None) -> pd.DataFrame:
-    t = db.patients
-    cols = [t.c[c] for c in PATIENT_COLUMNS]
     if ids is None:
-        rows = conn.execute(sa.select(*cols)).fetchall()
-    else:
-        ids = [int(i) for i in pd.unique(pd.Series(ids))]
-        rows = []
-        for i in range(0, len(ids), 900):
-            rows += conn.execute(sa.select(*cols).where(t.c.patient_id.in_(ids[i:i + 900]))).fetchall()
-    return _normalise_patients(pd.DataFrame(rows, columns=PATIENT_COLUMNS))
+        return _normalise_patients(_select(conn, "patients", PATIENT_COLUMNS, None, ()))
+    ids = [int(i) for i in pd.unique(pd.Series(ids))]
+    parts = [_select(conn, "patients", PATIENT_COLUMNS, f"patient_id IN ({', '.join('?' * len(chunk))})", chunk)
+             for chunk in (ids[i:i + 900] for i in range(0, len(ids), 900))]
+    frame = pd.concat(parts, ignore_index=True) if parts else _select(conn, "patients", PATIENT_COLUMNS, "1 = 0", ())
+    return _normalise_patients(frame)
 
 
 # --- target -----------------------------------------------------------------------------------
@@ -167,7 +203,7 @@ def history_features(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Se
     cum = g[["completed", "no_show", "late_cancel", "early_cancel"]].cumsum()
     cum["patient_id"] = ev["patient_id"]
     cum["t"] = ev["t"]
-    cum["last_visit_t"] = g["visit_t"].cummax()
+    cum["last_visit_t"] = g["visit_t"].ffill()
     cum["last_failed"] = ev.groupby("patient_id", sort=False)["last_failed"].ffill()
     cum = cum.sort_values("t", kind="stable")
 
@@ -180,30 +216,54 @@ def history_features(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Se
         m = left.assign(**{c: np.nan for c in ["completed", "no_show", "late_cancel", "early_cancel",
                                                "last_visit_t", "last_failed", "t"]})
     m = m.sort_values("_row")
-    completed = m["completed"].fillna(0).to_numpy()
-    no_show = m["no_show"].fillna(0).to_numpy()
-    late = m["late_cancel"].fillna(0).to_numpy()
-    early = m["early_cancel"].fillna(0).to_numpy()
+    completed = m["completed"].fillna(0).to_numpy(dtype=float)
+    no_show = m["no_show"].fillna(0).to_numpy(dtype=float)
+    late = m["late_cancel"].fillna(0).to_numpy(dtype=float)
+    early = m["early_cancel"].fillna(0).to_numpy(dtype=float)
     n = completed + no_show + late
     start_s = _epoch_s(targets["appt_start"])
-    days_since = (start_s - m["last_visit_t"].to_numpy()) / 86400.0
+    days_since = (start_s - m["last_visit_t"].to_numpy(dtype=float)) / 86400.0
     days_since = np.where(np.isnan(days_since), DAYS_SINCE_CAP, np.minimum(days_since, DAYS_SINCE_CAP))
     out = pd.DataFrame({
         "prior_n": n, "prior_completed": completed, "prior_no_show": no_show, "prior_late_cancel": late,
         "prior_early_cancel": early,
         "prior_fail_rate": (no_show + late + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
         "prior_no_show_rate": (no_show + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
-        "last_failed": m["last_failed"].fillna(0).to_numpy(),
+        "last_failed": m["last_failed"].fillna(0).to_numpy(dtype=float),
         "days_since_last_visit": days_since,
         "has_history": (n + early > 0).astype(float),
     }, index=targets.index)
     return out
 
 
-def age_band(dob: pd.Series, local_date: pd.Series) -> pd.Series:
+def same_day_count(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Series) -> np.ndarray:
+    """How many appointments the patient holds on the same local day, this one included.
+
+    Siblings count only if booked before the cutoff (what the evening list would show), whatever
+    their status (a status is an outcome; the bookings themselves are known)."""
+    cols = ["appointment_id", "patient_id", "local_date", "booked_at"]
+    both = pd.concat([targets[cols], history[cols]]).drop_duplicates("appointment_id")
+    first = ~targets["local_date"].duplicated().to_numpy()
+    cut_by_day = pd.Series(cutoff.to_numpy()[first], index=targets["local_date"].to_numpy()[first])
+    day_cut = pd.to_datetime(both["local_date"].map(cut_by_day), utc=True)
+    known = both[(day_cut.notna() & (both["booked_at"] < day_cut)).to_numpy()]
+    counts = known.groupby(["patient_id", "local_date"]).size().rename("n")
+    keys = pd.MultiIndex.from_arrays([targets["patient_id"], targets["local_date"]])
+    n_before = counts.reindex(keys).fillna(0).to_numpy(dtype=float)
+    self_before = (targets["booked_at"] < cutoff).to_numpy(dtype=float)
+    return n_before - self_before + 1.0
+
+
+def age_years(dob: pd.Series, local_date: pd.Series) -> pd.Series:
+    """Whole years of age on the day (NaN when the date of birth is unknown)."""
     born = pd.to_datetime(dob, errors="coerce", format="%Y-%m-%d")
     day = pd.to_datetime(local_date, format="%Y-%m-%d")
-    years = day.dt.year - born.dt.year - ((day.dt.month * 100 + day.dt.day) < (born.dt.month * 100 + born.dt.day))
+    return (day.dt.year - born.dt.year
+            - ((day.dt.month * 100 + day.dt.day) < (born.dt.month * 100 + born.dt.day))).astype(float)
+
+
+def age_band(dob: pd.Series, local_date: pd.Series) -> pd.Series:
+    years = age_years(dob, local_date)
     out = pd.Series("unknown", index=dob.index, dtype=object)
     for lo, hi, name in AGE_BANDS:
         out[(years >= lo) & (years < hi)] = name
@@ -211,12 +271,13 @@ def age_band(dob: pd.Series, local_date: pd.Series) -> pd.Series:
 
 
 def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.DataFrame,
-                   tz: ZoneInfo, late_cancel_hours: float) -> pd.DataFrame:
+                   tz: ZoneInfo, late_cancel_hours: float, same_day: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row of ``FEATURES`` per row of ``targets`` (same index).
 
     ``history`` holds the appointments the patient-history features may look at (training passes
     every appointment; scoring passes the day's patients' earlier ones): only rows that ended
-    before each target's cutoff are counted, whatever else is passed in.
+    before each target's cutoff are counted, whatever else is passed in. ``same_day`` (default:
+    ``history``) holds the rows counted as same-day siblings (every status of the targets' days).
     """
     if targets.empty:
         return pd.DataFrame({c: pd.Series(dtype=float if c in NUMERIC else object) for c in FEATURES})
@@ -242,9 +303,19 @@ def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.Da
     hist = history_features(targets, history, cutoff, late_cancel_hours)
     out = out.join(hist)
     out["reminder_reachable"] = ((consent.astype(int) == 1) & has_email).astype(float).to_numpy()
-    out["weekday"] = local_start.dt.weekday.astype(str).astype(object).to_numpy()
+    if len(pat):
+        phone = pid.map(pat["phone"])
+        out["has_phone"] = (phone.notna() & (phone.astype(str).str.strip() != "")
+                            & (phone.astype(str) != "None")).astype(float).to_numpy()
+        out["consent_form"] = pid.map(pat["consent_form_received"]).fillna(0).astype(float).to_numpy()
+    else:
+        out["has_phone"] = 0.0
+        out["consent_form"] = 0.0
+    out["weekday"] = local_start.dt.day_of_week.astype(str).astype(object).to_numpy()
     out["physio"] = np.where(physio.isna(), "none", "p" + physio.astype(str)).astype(object)
     out["age_band"] = age_band(dob.astype(object), targets["local_date"]).to_numpy()
+    out["age_years"] = age_years(dob.astype(object), targets["local_date"]).fillna(-1).to_numpy()
+    out["same_day_count"] = same_day_count(targets, history if same_day is None else same_day, cutoff)
     return out[FEATURES]
 
 
@@ -340,11 +411,17 @@ def synthetic_frames(seed: int = 0, patients: int = 300, days: int = 120, end: d
     return {"physios": ph, "patients": pats, "appointments": a}
 
 
+def with_all_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every column of the table (columns it lacks, e.g. source_day, left NULL)."""
+    missing = [c.name for c in db.metadata.tables[table].columns if c.name not in frame.columns]
+    return frame.assign(**{c: None for c in missing}) if missing else frame
+
+
 def load_synthetic(engine, **kwargs) -> dict[str, pd.DataFrame]:
     """Write ``synthetic_frames(**kwargs)`` into an empty, migrated database (one transaction)."""
     from .refresh import bulk_insert
     frames = synthetic_frames(**kwargs)
     with db.begin_write(engine) as conn:
         for table in ("physios", "patients", "appointments"):
-            bulk_insert(conn, table, frames[table])
+            bulk_insert(conn, table, with_all_columns(table, frames[table]))
     return frames
