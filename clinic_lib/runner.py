@@ -119,6 +119,11 @@ def step_parameters(step: str, day: dt.date, engine=None, empty_day: bool = Fals
     return {"day": target.isoformat()}
 
 
+def _model_exists() -> bool:
+    from .predict import model_path
+    return model_path().exists()
+
+
 def _model_needs_training() -> bool:
     from .predict import needs_training
     return needs_training()
@@ -167,6 +172,12 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             # No kernel start for a model that is fresh: the step is done by not being needed.
             res = StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh, not retrained")
             log.info("%s train: model is fresh (younger than MODEL_MAX_AGE_DAYS), not retrained", day)
+        elif step.name == "score" and not _model_exists():
+            # A young clinic without enough history has no model yet: the callback list then uses
+            # the heuristic risk (and says so); that is not a failure of the evening's run.
+            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="no model yet: heuristic risk")
+            log.warning("%s score: no model yet (too little history to train): the callback list "
+                        "uses the heuristic risk", day)
         else:
             output = out_dir / f"{index:02d}_{step.name}.ipynb"
             try:
@@ -174,6 +185,13 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
                 execute_notebook(NOTEBOOKS_DIR / step.notebook, output, params, progress=not quiet)
             except Exception as exc:  # papermill's error carries the notebook's exception
                 seconds = time.perf_counter() - t0
+                if step.name == "train" and getattr(exc, "ename", "") == "NotEnoughData":
+                    log.warning("%s train: %s; going on without a model", day, _error_summary(exc))
+                    state["steps"][step.name] = {"status": "ok", "at": utc_now_text(),
+                                                 "note": "too little history: not trained"}
+                    _write_state(day, state)
+                    result.steps.append(StepResult(step.name, "ok", seconds, output, "too little history"))
+                    continue
                 state["steps"][step.name] = {"status": "failed", "at": utc_now_text(),
                                              "error": _error_summary(exc)}
                 _write_state(day, state)

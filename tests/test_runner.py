@@ -103,3 +103,22 @@ def test_second_run_exits_while_lock_is_held(project_env):
     assert out.returncode == 3
     assert "another run_daily.py is running" in out.stderr
     assert not (project_env / "outputs" / "runs").exists()
+
+
+def test_young_clinic_runs_the_whole_chain_without_a_model(project_env):
+    """Too little history to train: the evening still ends with a callback list (heuristic risk)."""
+    from drops import HOURS
+    write_day_drop(project_env / "data", hours=HOURS)
+    out = run_daily("--day", DAY)
+    assert out.returncode == 0, out.stderr
+    assert "too little history" in out.stderr
+    run = project_env / "outputs" / "runs" / DAY
+    state = json.loads((run / "state.json").read_text())
+    assert {k: v["status"] for k, v in state["steps"].items()} == {
+        s: "ok" for s in ("validate", "refresh", "train", "score", "priorities", "reminders", "report")}
+    assert not (project_env / "outputs" / "model" / "model.joblib").exists()
+    # next clinic day after Tuesday 2026-02-10 is Wednesday; appointment 4 is next Tuesday, so the
+    # Wednesday list is empty but written, with its header
+    listing = (project_env / "outputs" / "priorities" / "priorities_2026-02-11.csv").read_text().splitlines()
+    assert listing[0].startswith("rank,") or "appointment_id" in listing[0]
+    assert (run / "report.html").exists()
