@@ -219,9 +219,27 @@ def _migration_1(conn: sa.Connection) -> None:
         _create_schema(conn)
 
 
+def _migration_2(conn: sa.Connection) -> None:
+    """source_day on the versioned tables; covering indices for the validation gate.
+
+    Migration 1 creates today's tables, which already have both: each change is made only if missing.
+    """
+    inspector = sa.inspect(conn)
+    day_type = "VARCHAR(10)" if db.is_sqlite(conn) else "DATE"
+    for table in ("patients", "physios", "appointments"):
+        if "source_day" not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN source_day {day_type}")
+    for table in ("appointments", "payments"):
+        existing = {ix["name"] for ix in inspector.get_indexes(table)}
+        for index in db.metadata.tables[table].indexes:
+            if index.name not in existing:
+                index.create(conn)
+
+
 MIGRATIONS = [
     (1, "initial schema: clinic data, run logs, scores, priorities, call outcomes, reminders",
      _migration_1),
+    (2, "source_day (which drop wrote a row) and covering indices for validation", _migration_2),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

@@ -54,7 +54,7 @@ def table_dump(engine) -> dict:
 
 def test_empty_database_gets_current_schema_once(db_url):
     engine = db.make_engine(db_url)
-    assert migrate(engine) == [CURRENT_VERSION]
+    assert migrate(engine) == list(range(1, CURRENT_VERSION + 1))
     assert migrate(engine) == []
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").scalar() == CURRENT_VERSION
@@ -65,7 +65,7 @@ def test_empty_database_gets_current_schema_once(db_url):
 def test_reference_layout_is_upgraded(db_url, monkeypatch):
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     engine = make_reference_db(db_url)
-    assert migrate(engine) == [1]
+    assert migrate(engine) == [1, 2]
     with engine.connect() as conn:
         appts = conn.execute(sa.select(
             db.appointments.c.appointment_id, db.appointments.c.appt_start, db.appointments.c.local_date,
@@ -118,6 +118,24 @@ def test_clinic_migrate_command(tmp_path):
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "applied migrations [1]" in out.stdout
+    assert "applied migrations [1, 2]" in out.stdout
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
-    assert "already at schema version 1" in out.stdout
+    assert "already at schema version 2" in out.stdout
+
+
+def test_version_1_database_gains_source_day(tmp_path):
+    """A database made by the first release (no source_day, no validation indices) is brought up."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = db.make_engine(url)
+    with db.begin_write(engine) as conn:
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO schema_version VALUES (1, 'initial', '2026-11-01T00:00:00+00:00')")
+        for table in db.metadata.sorted_tables:
+            columns = ", ".join(f"{c.name}" for c in table.columns if c.name != "source_day")
+            conn.exec_driver_sql(f"CREATE TABLE {table.name} ({columns})")
+        conn.exec_driver_sql("INSERT INTO appointments (appointment_id, local_date) VALUES (1, '2026-02-10')")
+    assert migrate(engine) == [2]
+    with engine.connect() as conn:
+        assert {c["name"] for c in sa.inspect(conn).get_columns("appointments")} >= {"source_day"}
+        assert "ix_appointments_physio_busy" in {ix["name"] for ix in sa.inspect(conn).get_indexes("appointments")}
+        assert conn.exec_driver_sql("SELECT appointment_id, source_day FROM appointments").all() == [(1, None)]
