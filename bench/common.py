@@ -11,30 +11,34 @@ BENCH_TODAY = dt.date(2026, 11, 24)
 CACHE = Path(os.environ.get("CLINIC_BENCH_CACHE", "/tmp/clinic-bench"))
 
 
-def demo_data(scale: int, drop_days: int = 31) -> Path:
-    """data dir with the demo clinic at ``scale`` (1x = 8 physios, 3,200 patients, 2 years)."""
+def demo_data(scale: int, drop_days: int = 31, history_scale: int = 1) -> Path:
+    """data dir with the demo clinic at ``scale`` (1x = 8 physios, 3,200 patients, 2 years).
+
+    ``history_scale`` lengthens the history instead (same clinic, same daily volume, 20 x 2 years),
+    which is what "a day's refresh must not grow with history" is about.
+    """
     from clinic_lib.demo import generate_demo
-    folder = CACHE / f"data-{scale}x"
+    folder = CACHE / f"data-{scale}x-h{history_scale}-v2"
     if not (folder / "raw" / "appointments.csv").exists():
         shutil.rmtree(folder, ignore_errors=True)
-        generate_demo(folder, seed=7, today=BENCH_TODAY, physios=8 * scale, patients=3200 * scale,
-                      days_history=730, days_ahead=21, drop_days=drop_days)
+        generate_demo(folder, seed=7, today=BENCH_TODAY, physios=8 * scale, patients=3200 * scale * history_scale,
+                      days_history=730 * history_scale, days_ahead=21, drop_days=drop_days)
     return folder
 
 
-def loaded_sqlite(scale: int, name: str = "clinic") -> tuple[str, Path]:
+def loaded_sqlite(scale: int, name: str = "clinic", history_scale: int = 1) -> tuple[str, Path]:
     """A SQLite copy of the demo at ``scale`` after the initial load (copied fresh each call)."""
     from clinic_lib import db
     from clinic_lib.refresh import load_raw
-    data = demo_data(scale)
-    master = CACHE / f"loaded-{scale}x.db"
+    data = demo_data(scale, history_scale=history_scale)
+    master = CACHE / f"loaded-{scale}x-h{history_scale}-v2.db"
     if not master.exists():
         engine = db.make_engine(f"sqlite:///{master}")
         load_raw(engine, folder=data / "raw")
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         engine.dispose()
-    target = CACHE / f"{name}-{scale}x.db"
+    target = CACHE / f"{name}-{scale}x-h{history_scale}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(target) + suffix).unlink(missing_ok=True)
     shutil.copy(master, target)
