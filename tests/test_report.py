@@ -1,0 +1,57 @@
+"""The run report: two tiny notebooks, really executed, become one offline HTML page."""
+from __future__ import annotations
+
+import json
+import re
+
+import nbformat
+from nbclient import NotebookClient
+
+from clinic_lib.report import render_run_report, step_notebooks
+
+
+def _executed(path, sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("Step notes in **markdown**")] + [
+        nbformat.v4.new_code_cell(s) for s in sources]
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    nbformat.write(nb, path)
+
+
+def test_report_has_each_step_in_run_order_without_code(tmp_path):
+    run = tmp_path / "runs" / "2026-03-29"
+    run.mkdir(parents=True)
+    # Written out of order on purpose: the report follows the names (the run order).
+    _executed(run / "02_refresh.ipynb", [
+        "import pandas as pd\nsecret_code_marker = 1\npd.DataFrame({'rows_written': [42]})"])
+    _executed(run / "01_validate.ipynb", [
+        "print('validation: 0 errors, 1 warnings')",
+        # a tiny PNG made without matplotlib: a 1x1 pixel
+        "import base64\nfrom IPython.display import Image, display\n"
+        "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+        "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))"])
+    (run / "state.json").write_text(json.dumps({"steps": {"validate": {"status": "ok", "seconds": 1.5},
+                                                           "refresh": {"status": "ok", "seconds": 2.0}}}))
+    assert [p.name for p in step_notebooks(run)] == ["01_validate.ipynb", "02_refresh.ipynb"]
+
+    path = render_run_report(run)
+
+    assert path == run / "report.html"
+    text = path.read_text(encoding="utf-8")
+    first, second = text.index('id="01_validate"'), text.index('id="02_refresh"')
+    assert first < second
+    assert text.index("validation: 0 errors, 1 warnings") > first
+    assert second < text.index("rows_written") and "42" in text[second:]
+    assert "Step notes in <strong>markdown</strong>" in text
+    assert "secret_code_marker" not in text          # outputs only, no code
+    assert "data:image/png;base64," in text          # images embedded
+    assert "01_validate — ok" in text                # status from state.json
+    # Offline: no script, stylesheet or image is fetched from another address.
+    external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:)?//', text)
+    assert external == []
+
+
+def test_report_of_an_empty_run_folder(tmp_path):
+    path = render_run_report(tmp_path)
+    assert "No step notebooks" in path.read_text(encoding="utf-8")
