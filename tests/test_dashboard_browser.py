@@ -1,6 +1,7 @@
 """The KPI dashboard as a user sees it: Voila (``clinic dashboard``) in headless Chromium.
 
-Starts the real server on a free port over the hand-made clinic of tests/kpi_fixture.py, opens
+Starts the real server on a free port over the hand-made clinic of tests/kpi_fixture.py (once with
+DATABASE_URL on a SQLite file, once on a fresh Postgres database: conftest's db_url), opens
 ``/?day=2026-03-29&as_of=2026-04-30``, waits for the widgets and the six charts, compares every
 card with what clinic_lib.kpis computes, changes the physio filter and the range and compares
 again, checks the page never shows Voila's "There was an error", records every request (all must
@@ -84,17 +85,16 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def clinic_db(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dash")
-    url = f"sqlite:///{tmp / 'clinic.db'}"
-    engine = db.make_engine(url)
+@pytest.fixture
+def clinic_db(tmp_path, db_url):
+    """The fixture clinic on a SQLite file and on a fresh Postgres database (conftest's db_url)."""
+    engine = db.make_engine(db_url)
     migrate(engine)
     fx.load(engine)
     from clinic_lib.refresh import log_etl_run
     log_etl_run(engine, "refresh", DAY, "2026-03-29T20:00:00+00:00", "ok", 10, 10)
-    yield tmp, url, engine
-    engine.dispose()
+    yield tmp_path, db_url, engine
+    engine.dispose()  # before conftest drops the Postgres database
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,10 @@ def _expected(engine, start, end=None, physio=None) -> dict[str, str]:
 
 
 def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):
+    """Runs twice (db_url): Voila with DATABASE_URL on the SQLite file, then on the Postgres database."""
     outputs = get_settings().outputs_dir  # the project's configured outputs folder
     tmp, url, engine = clinic_db
+    backend = "sqlite" if url.startswith("sqlite") else "postgres"
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     monkeypatch.setenv("LATE_CANCEL_HOURS", "24")
     server = Server(tmp, url)
@@ -164,7 +166,7 @@ def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):
 
         page.wait_for_timeout(500)
         outputs.mkdir(parents=True, exist_ok=True)
-        shot = outputs / "dashboard_screenshot.png"
+        shot = outputs / ("dashboard_screenshot.png" if backend == "sqlite" else f"dashboard_screenshot_{backend}.png")
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         assert ERROR_TEXT not in page.content()
