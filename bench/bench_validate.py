@@ -93,6 +93,12 @@ def build(rebuild: bool, source: str) -> tuple[Path, Path]:
     from clinic_lib.refresh import load_raw
     dbfile, data = CACHE / "clinic.db", CACHE / "data"
     if dbfile.exists() and not rebuild:
+        from clinic_lib.migrate import migrate
+        engine = db.make_engine(f"sqlite:///{dbfile}")
+        if migrate(engine):  # a cache built before the latest migration: bring it up to date
+            with engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+        engine.dispose()
         return dbfile, data
     import shutil
     shutil.rmtree(CACHE, ignore_errors=True)

@@ -103,6 +103,7 @@ patients = sa.Table(
     sa.Column("created_at", Instant, nullable=False),
     sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("consent_form_received", "patients"),
+    sa.Index("ix_patients_source_day", "source_day"),
     _flag("reminder_consent", "patients"),
     sa.CheckConstraint("gender IS NULL OR gender IN ('F', 'M', 'X')", name="ck_patients_gender"),
 )
@@ -114,6 +115,7 @@ physios = sa.Table(
     sa.Column("active", Flag, nullable=False, server_default="1"),
     sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("active", "physios"),
+    sa.Index("ix_physios_source_day", "source_day"),
 )
 
 # The weekly roster: one row per block of work (a break splits a day into two blocks).
@@ -156,6 +158,7 @@ appointments = sa.Table(
     sa.Index("ix_appointments_local_date", "local_date"),
     sa.Index("ix_appointments_patient_start", "patient_id", "appt_start"),
     sa.Index("ix_appointments_physio_start", "physio_id", "appt_start"),
+    sa.Index("ix_appointments_source_day", "source_day"),
     # Covering partial indexes for the overlap checks of validate.py (issue 3): the busy slots only.
     sa.Index("ix_appointments_physio_busy", "physio_id", "appt_start", "appt_end",
              sqlite_where=sa.text("status <> 'canceled'"), postgresql_where=sa.text("status <> 'canceled'")),

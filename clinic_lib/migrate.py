@@ -220,7 +220,7 @@ def _migration_1(conn: sa.Connection) -> None:
 
 
 def _migration_2(conn: sa.Connection) -> None:
-    """source_day on the versioned tables; covering indices for the validation gate.
+    """source_day (indexed) on the versioned tables; covering indices for the validation gate.
 
     Migration 1 creates today's tables, which already have both: each change is made only if missing.
     """
@@ -229,7 +229,7 @@ def _migration_2(conn: sa.Connection) -> None:
     for table in ("patients", "physios", "appointments"):
         if "source_day" not in {c["name"] for c in inspector.get_columns(table)}:
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN source_day {day_type}")
-    for table in ("appointments", "payments"):
+    for table in ("patients", "physios", "appointments", "payments"):
         existing = {ix["name"] for ix in inspector.get_indexes(table)}
         for index in db.metadata.tables[table].indexes:
             if index.name not in existing:
@@ -239,7 +239,7 @@ def _migration_2(conn: sa.Connection) -> None:
 MIGRATIONS = [
     (1, "initial schema: clinic data, run logs, scores, priorities, call outcomes, reminders",
      _migration_1),
-    (2, "source_day (which drop wrote a row) and covering indices for validation", _migration_2),
+    (2, "source_day (which drop wrote a row, indexed) and covering indices for validation", _migration_2),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

@@ -143,6 +143,9 @@ def newer_in_database(conn: sa.Connection, table: str, frame: pd.DataFrame, day:
     """
     t = db.metadata.tables[table]
     id_col = t.c[ID_COLUMN[table]]
+    latest = conn.execute(sa.select(sa.func.max(t.c.source_day))).scalar()  # indexed: one probe
+    if latest is None or str(latest) <= day:  # the usual case, days applied in order: nothing newer
+        return pd.Series(False, index=frame.index)
     ids = [int(i) for i in frame[id_col.name].dropna().unique()]
     newer = set()
     for i in range(0, len(ids), 900):

@@ -430,8 +430,15 @@ def _read_file(path: Path, table: str, report: Report) -> pd.DataFrame | None:
     prev = 0
     while True:
         try:
-            record = next(reader)
-        except StopIteration:
+            for record in reader:  # resumed after a malformed record (the reader goes on after it)
+                start, prev = prev + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # a blank line
+                if header is None:
+                    header, header_line = record, start
+                    continue
+                records.append(record)
+                lines.append(start)
             break
         except csv.Error as exc:
             line = prev + 1
@@ -440,15 +447,6 @@ def _read_file(path: Path, table: str, report: Report) -> pd.DataFrame | None:
                 break
             report.add("file.malformed", [{"file": name, "line": line, "problem": str(exc)}])
             prev = reader.line_num
-            continue
-        start, prev = prev + 1, reader.line_num
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue  # a blank line
-        if header is None:
-            header, header_line = record, start
-            continue
-        records.append(record)
-        lines.append(start)
     if header is None:
         report.add("file.empty", [{"file": name, "bytes": len(data)}])
         return None
@@ -483,16 +481,21 @@ def _read_file(path: Path, table: str, report: Report) -> pd.DataFrame | None:
 
 def _check_values(table: str, frame: pd.DataFrame, report: Report) -> None:
     """Per-file value checks: pandera, lazily, so every failing row of every column is reported."""
-    import pandera.pandas as pa
     file = f"{table}.csv"
-    columns = {}
+    masks = {}
     for col, kind in SPEC[table].items():
         if col not in frame.columns:
             continue
         # each mask is computed once from the shared parse; pandera collects every failing row lazily
-        checks = [pa.Check(lambda _s, m=fn(frame[col]): m, name=check_id, element_wise=False)
-                  for check_id, fn in KINDS[kind]]
-        columns[col] = pa.Column(checks=checks, required=False, nullable=True)
+        masks[col] = [(check_id, fn(frame[col])) for check_id, fn in KINDS[kind]]
+    # a clean file (every mask all true) cannot fail the schema: pandera runs only when a row fails
+    clean = all(m.dtype == bool and bool(m.to_numpy().all()) for checks in masks.values() for _, m in checks)
+    columns = {}
+    if not clean:
+        import pandera.pandas as pa
+        columns = {col: pa.Column(checks=[pa.Check(lambda _s, m=m: m, name=check_id, element_wise=False)
+                                          for check_id, m in checks], required=False, nullable=True)
+                   for col, checks in masks.items()}
     id_col = ID_COLUMN.get(table)
     if id_col in frame.columns:
         ids = _numbers(frame[id_col])
@@ -544,8 +547,29 @@ def _ts(frame, col) -> pd.Series:
     return _instants(frame[col])
 
 
+_SLICES = {ISO_FORMAT: (0, 19, "+00:00"), "%Y-%m-%d": (0, 10, ""), "%H:%M": (11, 16, "")}
+
+
+def _strftime(ts: pd.Series, fmt: str) -> pd.Series:
+    """``ts.dt.strftime(fmt)`` (NaT -> NaN) for the formats of ``_SLICES``, formatted by numpy
+    (pandas formats row by row); values with fractions of a second take pandas' path."""
+    wall = (ts.dt.tz_localize(None) if ts.dt.tz is not None else ts).to_numpy()
+    nat = np.isnat(wall)
+    unit = np.datetime_data(wall.dtype)[0]
+    per_second = {"s": 1, "ms": 10 ** 3, "us": 10 ** 6, "ns": 10 ** 9}.get(unit)
+    valid = wall[~nat]
+    years = valid.astype("datetime64[Y]").astype("int64") + 1970
+    if per_second is None or (valid.view("int64") % per_second).any() or (years < 1000).any() or (years > 9999).any():
+        return ts.dt.strftime(fmt).astype(object)
+    lo, hi, suffix = _SLICES[fmt]
+    text = np.datetime_as_string(wall.astype("datetime64[s]"), unit="s").tolist()
+    out = np.array([t[lo:hi] + suffix for t in text], dtype=object)
+    out[nat] = np.nan
+    return pd.Series(out, index=ts.index, dtype=object)
+
+
 def _text_utc(ts: pd.Series) -> pd.Series:
-    return ts.dt.strftime(ISO_FORMAT).astype(object).where(ts.notna(), None)
+    return _strftime(ts, ISO_FORMAT).where(ts.notna(), None)
 
 
 def _local(ts: pd.Series, tz) -> pd.Series:
@@ -553,7 +577,7 @@ def _local(ts: pd.Series, tz) -> pd.Series:
 
 
 def _dates(local: pd.Series) -> pd.Series:
-    return local.dt.strftime("%Y-%m-%d").astype(object).where(local.notna(), None)
+    return _strftime(local, "%Y-%m-%d").where(local.notna(), None)
 
 
 def _shift_dates(dates: pd.Series, days: int) -> pd.Series:
@@ -602,8 +626,8 @@ def _stage_frames(frames: dict, tz, day: dt.date, report: Report) -> dict[str, p
             "canceled_at": _text_utc(canceled), "price_estimate_cents": _cents(f, "price_estimate"),
             "local_date": local_date, "prev_date": _shift_dates(local_date, -1),
             "next_date": _shift_dates(local_date, 1),
-            "local_weekday": ls.dt.day_of_week.astype("Int64"), "local_start": ls.dt.strftime("%H:%M").astype(object),
-            "local_end": le.dt.strftime("%H:%M").astype(object).where(_dates(le) == _dates(ls), "24:00"),
+            "local_weekday": ls.dt.day_of_week.astype("Int64"), "local_start": _strftime(ls, "%H:%M"),
+            "local_end": _strftime(le, "%H:%M").where(_dates(le) == _dates(ls), "24:00"),
             "line": f.index})
         # drop.other_day: before D, and neither booked nor canceled on D
         other = (a["local_date"].notna() & (a["local_date"].astype(str) < day_text)
@@ -664,7 +688,11 @@ def _tuples(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
     cols = []
     for c in columns:
         s = frame[c]
-        cols.append(s.astype(object).where(s.notna(), None).tolist())  # Python ints/str and None
+        values = s.astype(object).tolist()  # Python ints/str
+        missing = s.isna().to_numpy()
+        if missing.any():
+            values = [None if m else v for v, m in zip(values, missing)]
+        cols.append(values)
     return list(zip(*cols))
 
 
@@ -917,8 +945,8 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
         WHERE a.appointment_id IN (SELECT appointment_id FROM vstg_payments)
           AND a.local_date NOT IN (SELECT d FROM vstg_dates) AND a.local_date <> {day}
           AND NOT EXISTS (SELECT 1 FROM vstg_appointments s WHERE s.appointment_id = a.appointment_id)"""), params)
-    conn.exec_driver_sql("CREATE INDEX vctx_a_physio ON vctx_appointments (physio_id, local_date)")
-    conn.exec_driver_sql("CREATE INDEX vctx_a_patient ON vctx_appointments (patient_id, local_date)")
+    conn.exec_driver_sql("CREATE INDEX vctx_a_physio ON vctx_appointments (physio_id, local_date, appt_start, appt_end)")
+    conn.exec_driver_sql("CREATE INDEX vctx_a_patient ON vctx_appointments (patient_id, local_date, appt_start, appt_end)")
     conn.exec_driver_sql("CREATE INDEX vctx_a_id ON vctx_appointments (appointment_id)")
     conn.execute(sa.text(f"""
         CREATE TEMP TABLE vctx_payments AS
@@ -1173,8 +1201,9 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
             return
         start = pd.to_datetime(a["appt_start"], utc=True, errors="coerce", format="ISO8601").dt.tz_convert(tz)
         end = pd.to_datetime(a["appt_end"], utc=True, errors="coerce", format="ISO8601").dt.tz_convert(tz)
-        a = a.assign(local_weekday=start.dt.day_of_week.astype("Int64"), local_start=start.dt.strftime("%H:%M"),
-                     local_end=end.dt.strftime("%H:%M").where(end.dt.date == start.dt.date, "24:00"))
+        a = a.assign(local_weekday=start.dt.day_of_week.astype("Int64"), local_start=_strftime(start, "%H:%M"),
+                     local_end=_strftime(end, "%H:%M").where(_strftime(end, "%Y-%m-%d") == _strftime(start, "%Y-%m-%d"),
+                                                             "24:00"))
         bad = roster_outside(a, hours)
         if len(bad):
             out.add("roster.outside", [{"appointment_id": r.appointment_id, "physio_id": r.physio_id,
