@@ -11,7 +11,7 @@ Routes (see ``openapi_spec()``; ``GET /openapi.json`` serves it):
 - ``GET /openapi.json``: the OpenAPI 3.0 description.
 
 Security: every route but ``/health`` needs ``Authorization: Bearer <CLINIC_API_TOKEN>`` (compared
-in constant time). Without a configured token the API answers loopback clients only, and
+in constant time). Without a configured token every route but ``/health`` answers 401, and
 ``create_server``/``serve`` refuse to listen on anything but a loopback address (CannotRun).
 Errors are JSON ``{"error", "message"}`` with the status code; no debugger, no HTML error pages,
 no stack traces, no NaN.
@@ -276,10 +276,9 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     def _authenticate():
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
-        if not token:
-            if is_loopback(request.remote_addr or ""):
-                return None
-            return _error(401, "unauthorized", "no API token is configured: only loopback clients are served")
+        if not token:  # patient names and phones: never served without a token
+            return _error(401, "unauthorized", "no API token is configured: set CLINIC_API_TOKEN "
+                                               "on the server and send Authorization: Bearer <token>")
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode("utf-8", "replace"),
                                                                  token):
@@ -428,7 +427,7 @@ def serve(host: str | None = None, port: int | None = None, threads: int = 4, ca
     settings = get_settings()
     server = create_server(None, host, port, settings, threads, cache=cache)
     print(f"clinic api: serving on http://{host or settings.api_host}:{server.effective_port} "
-          f"({'token required' if settings.api_token else 'no token: loopback only'})", flush=True)
+          f"({'token required' if settings.api_token else 'no CLINIC_API_TOKEN set: every route but /health answers 401'})", flush=True)
     server.run()
 
 

@@ -297,11 +297,12 @@ def test_no_token_means_loopback_only(engine, clinic_env, monkeypatch):
         create_server(create_app(s, engine), host="0.0.0.0", port=0)
     from clinic_lib.cli import main
     assert main(["api", "--host", "0.0.0.0", "--port", "0"]) == 2
-    # without a token the app answers loopback clients only
+    # without a token nothing with patient data is served, not even to loopback clients
     client = create_app(s, engine).test_client()
-    assert client.get("/priorities?day=2026-03-30").status_code == 200
-    r = client.get("/priorities?day=2026-03-30", environ_base={"REMOTE_ADDR": "10.1.2.3"})
-    assert r.status_code == 401
+    r = client.get("/priorities?day=2026-03-30")
+    assert r.status_code == 401 and "CLINIC_API_TOKEN" in r.get_json()["message"]
+    assert client.get("/priorities?day=2026-03-30", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 401
+    assert client.get("/health").status_code == 200
     monkeypatch.setenv("CLINIC_API_TOKEN", TOKEN)
     check_bind("0.0.0.0", get_settings())  # with a token, any address may be served
 
