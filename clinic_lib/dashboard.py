@@ -413,6 +413,7 @@ class Dashboard:
         self.state, self.settings = state, settings or get_settings()
         self.as_of = as_of
         self.renders = 0
+        self._drawn: dict[str, str | None] = {}  # what each chart shows now
         self._outstanding = None  # by physio, for as_of: computed once
         self._frames = None  # per (day, physio) sums of the current date window
         self._busy = False
@@ -475,6 +476,15 @@ class Dashboard:
                              f'style="color:#666;font-size:12px">{html.escape(text)}</div>')
 
     def _show(self, name: str, fig):
+        # A chart the change does not touch (tomorrow's risk on a range change, say) stays as it is
+        # drawn: redrawing six plotly charts is most of what a filter change costs in the browser.
+        try:
+            content = fig if isinstance(fig, str) else fig.to_json()
+        except Exception:
+            content = None
+        if content is not None and self._drawn.get(name) == content:
+            return
+        self._drawn[name] = content
         out = self.charts[name]
         out.clear_output(wait=True)
         with out:
