@@ -69,6 +69,9 @@ class Settings:
     email_from: str = "reception@clinic.example"
     clinic_phone: str = "+49 30 000000"
     priority_weights: dict = field(default_factory=dict)
+    # Validation gate (issue 3)
+    payment_max_factor: float = 3.0  # more paid than this times the price is an error
+    phone_region: str = "DE"  # region for phone numbers written without +country
     # Dashboard (issue 6)
     dashboard_port: int = 8866
 
@@ -147,5 +150,7 @@ def get_settings() -> Settings:
         email_from=env.get("EMAIL_FROM") or "reception@clinic.example",
         clinic_phone=env.get("CLINIC_PHONE") or "+49 30 000000",
         priority_weights=weights,
+        payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
+        phone_region=(env.get("PHONE_REGION") or "DE").upper(),
         dashboard_port=int(env.get("CLINIC_DASHBOARD_PORT") or 8866),
     )

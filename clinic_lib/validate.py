@@ -20,6 +20,7 @@ meanings are in ``checks.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import functools
@@ -38,8 +39,8 @@ import sqlalchemy as sa
 
 from . import db
 from .checks import CATALOGUE, DB, DROP, ERROR, for_scope
-from .config import _env, get_settings
-from .dataset import COLUMNS, DROP_FILES, ID_COLUMN
+from .config import get_settings
+from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN
 from .refresh import VERSIONED_TABLES, newer_in_database
 from .errors import CannotRun, UserError
 from .timeutil import ISO_FORMAT, parse_day, utc_now_text
@@ -47,17 +48,16 @@ from .timeutil import ISO_FORMAT, parse_day, utc_now_text
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES
 ACTIVE = ("booked", "completed", "no_show")  # statuses that occupy a slot
-_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 _TIME = r"(?:[01]\d|2[0-3]):[0-5]\d"
 _EMAIL = r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(?:\.[^@\s,;<>\".]+)*\.[^@\s,;<>\".\d]{2,}"
 
 
 def payment_max_factor() -> float:
-    return float(_env().get("PAYMENT_MAX_FACTOR") or 3)
+    return get_settings().payment_max_factor
 
 
 def phone_region() -> str:
-    return (_env().get("PHONE_REGION") or "DE").upper()
+    return get_settings().phone_region
 
 
 class ValidationFailed(UserError):
@@ -253,7 +253,7 @@ def _ok_required(s):
 
 @_memo
 def _offset(s):
-    return _strip(s).str.contains(_OFFSET)
+    return _strip(s).str.contains(OFFSET_PATTERN)
 
 
 def _has_offset(s):
@@ -790,17 +790,11 @@ def validate_drop(day, engine: sa.Engine | None = None, folder: Path | None = No
     folder = Path(folder) if folder else settings.drop_dir(day)
     engine = engine or db.make_engine()
     report = Report(DROP, day, source=str(folder))
-    try:
+    with _could_not_run(engine, report, record):
         if not folder.is_dir():
             raise CannotRun(f"the drop folder {folder} is missing: nothing to validate for {day}")
         _require_schema(engine)
         _validate_drop(report, folder, engine, settings.clinic_tz, day, allow_empty)
-    except CannotRun as exc:
-        if record:
-            _record_failure(engine, report, str(exc))
-        raise
-    except sa.exc.OperationalError as exc:
-        raise CannotRun(f"the database could not be read: {str(exc.orig).splitlines()[0]}") from exc
     return _finish(report, engine, t0, record, settings.validation_dir / f"validation_{day.isoformat()}.json")
 
 
@@ -1279,7 +1273,7 @@ def validate_db(engine: sa.Engine | None = None, record: bool = True, full: bool
     engine = engine or db.make_engine()
     report = Report(DB, None, source=engine.url.render_as_string(hide_password=True))
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-    try:
+    with _could_not_run(engine, report, record):
         _require_schema(engine)
         with engine.connect() as conn:
             enforced = set() if full else _enforced(conn)
@@ -1312,12 +1306,6 @@ def validate_db(engine: sa.Engine | None = None, record: bool = True, full: bool
         for part in partials:
             for c in part.failed:
                 report.add(c.id, c.examples, count=c.count)
-    except CannotRun as exc:
-        if record:
-            _record_failure(engine, report, str(exc))
-        raise
-    except sa.exc.OperationalError as exc:
-        raise CannotRun(f"the database could not be read: {str(exc.orig).splitlines()[0]}") from exc
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return _finish(report, engine, t0, record, settings.validation_dir / f"validation_db_{stamp}.json")
 
@@ -1345,6 +1333,19 @@ def _log_run(engine, report: Report, status: str, summary: str | None = None) ->
             n_errors=sum(c.count for c in report.errors), n_warnings=sum(c.count for c in report.warnings),
             report_path=str(report.report_path) if report.report_path else None,
             summary=(summary or report.summary_text())[:4000]))
+
+
+@contextlib.contextmanager
+def _could_not_run(engine, report: "Report", record: bool):
+    """A run that cannot start is logged (validation_runs, status failed) and raised as CannotRun."""
+    try:
+        yield
+    except CannotRun as exc:
+        if record:
+            _record_failure(engine, report, str(exc))
+        raise
+    except sa.exc.OperationalError as exc:
+        raise CannotRun(f"the database could not be read: {str(exc.orig).splitlines()[0]}") from exc
 
 
 def _record_failure(engine, report: Report, message: str) -> None:
