@@ -68,6 +68,7 @@ class Settings:
     email_smtp_url: str | None = None
     email_from: str = "reception@clinic.example"
     clinic_phone: str = "+49 30 000000"
+    reminder_template: Path | None = None  # None: clinic_lib/templates/reminder.txt
     priority_weights: dict = field(default_factory=dict)
     # Validation gate (issue 3)
     payment_max_factor: float = 3.0  # more paid than this times the price is an error
@@ -149,6 +150,7 @@ def get_settings() -> Settings:
         email_smtp_url=env.get("EMAIL_SMTP_URL") or None,
         email_from=env.get("EMAIL_FROM") or "reception@clinic.example",
         clinic_phone=env.get("CLINIC_PHONE") or "+49 30 000000",
+        reminder_template=_path(env.get("REMINDER_TEMPLATE"), None) if env.get("REMINDER_TEMPLATE") else None,
         priority_weights=weights,
         payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
         phone_region=(env.get("PHONE_REGION") or "DE").upper(),

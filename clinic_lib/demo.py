@@ -354,7 +354,6 @@ def build_world(seed: int, today: dt.date, physios: int = 8, patients: int = 320
     lane_id = np.cumsum(lane_new) - 1
     lane_first = np.flatnonzero(lane_new)
     lane_n = np.diff(np.r_[lane_first, n_s])
-    pos = np.arange(n_s) - np.repeat(lane_first, lane_n)
     legacy_lane = week[lorder][lane_first] <= 1
 
     # series cuts per lane

@@ -32,7 +32,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
 from . import db
 from .timeutil import read_instants

@@ -11,7 +11,6 @@ Each migration runs in one transaction with its version row, so a crash leaves t
 """
 from __future__ import annotations
 
-import datetime as dt
 
 import pandas as pd
 import sqlalchemy as sa
@@ -20,7 +19,7 @@ from . import db
 from .dataset import OFFSET_PATTERN
 from .config import get_settings
 from .errors import UserError
-from .timeutil import read_instants, series_local_date, series_to_utc_text, utc_now_text
+from .timeutil import series_local_date, series_to_utc_text, utc_now_text
 
 schema_version = sa.Table(
     "schema_version", sa.MetaData(),

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import re
 import zipfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path

@@ -25,7 +25,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-import sqlalchemy as sa
 
 from . import db
 from . import features as F

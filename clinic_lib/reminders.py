@@ -34,7 +34,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import db
-from .config import PROJECT_ROOT, Settings, get_settings
+from .config import Settings, get_settings
 from .errors import CannotRun
 from .migrate import ensure_schema
 from .priorities import day_param
@@ -69,12 +69,8 @@ class Template:
 
 def template_path() -> Path:
     """The template in use: env REMINDER_TEMPLATE (relative = to the project root) or the default."""
-    from .config import _env
-    value = _env().get("REMINDER_TEMPLATE")
-    if not value:
-        return DEFAULT_TEMPLATE
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    from .config import get_settings
+    return get_settings().reminder_template or DEFAULT_TEMPLATE
 
 
 def load_template(path: Path | None = None) -> Template:

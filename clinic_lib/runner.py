@@ -149,7 +149,6 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
     """Run the chain for clinic day ``day``; stops at the first failing step (raises StepFailed)."""
     from . import db
     day = parse_day(day)
-    settings = get_settings()
     engine = engine or db.make_engine()
     out_dir = run_dir(day)
     out_dir.mkdir(parents=True, exist_ok=True)

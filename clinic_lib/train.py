@@ -35,7 +35,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-import sqlalchemy as sa
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
