@@ -658,10 +658,11 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
 def voila_command(port: int | None = None, host: str = "127.0.0.1", notebook: Path | None = None) -> list[str]:
     """The Voila command line: our template, no tracebacks, a cell timeout and kernel culling."""
     port = port or get_settings().dashboard_port
-    # Preheating is off by default: with it, about one page load in ten stalled ~110 s inside
-    # Voila 0.5.13 (every kernel idle meanwhile); CLINIC_DASHBOARD_PREHEAT=1 turns it on.
+    # Preheating is off by default (CLINIC_DASHBOARD_PREHEAT=1 turns it on): it did not make the
+    # page faster here, and each preheated kernel holds its memory while it waits.
     preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "0") in ("1", "true", "yes")
-    return [sys.executable, "-m", "voila", str(notebook or NOTEBOOK),
+    # Voila itself, with the fix of voila_server (a missed wake-up stalled every second page load).
+    return [sys.executable, "-m", "clinic_lib.voila_server", str(notebook or NOTEBOOK),
             "--no-browser", f"--port={port}", f"--Voila.ip={host}", "--Voila.port_retries=0",
             "--template=clinic", "--theme=light",
             "--VoilaConfiguration.show_tracebacks=False", "--VoilaConfiguration.strip_sources=True",

@@ -114,8 +114,8 @@ def _open(browser, url: str):
     return page, requests
 
 
-def _wait_ready(page, render: int):
-    page.wait_for_selector(f'.dash-status[data-state="ready"][data-render="{render}"]', timeout=120_000)
+def _wait_ready(page, render: int, timeout_ms: int = 120_000):
+    page.wait_for_selector(f'.dash-status[data-state="ready"][data-render="{render}"]', timeout=timeout_ms)
     page.wait_for_function(
         "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => e.offsetHeight > 0).length >= 6",
         timeout=60_000)
@@ -175,6 +175,13 @@ def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):
         assert requests
         hosts = {u.split("/")[2].rsplit(":", 1)[0] for u in requests if "://" in u and not u.startswith("data:")}
         assert hosts <= LOCAL_HOSTS, sorted(u for u in requests if u.split("/")[2].rsplit(":", 1)[0] not in LOCAL_HOSTS)
+
+        # The next visitor gets a new kernel and the same page, well within Voila's 120 s cell
+        # timeout (see test_every_visitor_is_served_without_a_stall).
+        page, _ = _open(browser, f"{server.url}?day={DAY}&as_of={AS_OF}")
+        _wait_ready(page, 1, timeout_ms=60_000)
+        assert _cards(page) == all_physios
+        page.close()
     finally:
         server.stop()
 
@@ -188,5 +195,39 @@ def test_missing_database_shows_a_friendly_message(tmp_path, browser):
         assert "No database yet" in text and ERROR_TEXT not in text
         assert not (tmp_path / "nowhere" / "clinic.db").exists()  # looking did not create it
         page.close()
+    finally:
+        server.stop()
+
+
+def _get(url: str, timeout: float) -> tuple[float, str]:
+    import urllib.request
+    t0 = time.monotonic()
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body = response.read().decode()
+    return time.monotonic() - t0, body
+
+
+def test_every_visitor_is_served_without_a_stall(tmp_path, monkeypatch):
+    """Three page loads in a row on a demo clinic (1x, one year), each well within Voila's 120 s
+    cell timeout. Under plain ``python -m voila`` the second load waited the whole 120 s for a cell
+    reply that was already in the socket (a missed wake-up; clinic_lib/voila_server.py)."""
+    import datetime as dt
+
+    from clinic_lib.demo import generate_demo
+    from clinic_lib.refresh import load_raw
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    today = dt.date(2026, 11, 24)
+    generate_demo(tmp_path / "demo", seed=3, today=today, days_history=365, drop_days=0)
+    url = f"sqlite:///{tmp_path / 'clinic.db'}"
+    engine = db.make_engine(url)
+    load_raw(engine, folder=tmp_path / "demo" / "raw")
+    engine.dispose()
+    server = Server(tmp_path, url)
+    try:
+        for visit in range(3):
+            seconds, body = _get(f"{server.url}?day={today - dt.timedelta(days=1)}", timeout=60)
+            assert "application/vnd.jupyter.widget-view+json" in body, body[-2000:]
+            assert ERROR_TEXT not in body and "timed out" not in body
+            assert seconds < 60, f"visit {visit + 1} took {seconds:.0f} s"
     finally:
         server.stop()
