@@ -253,15 +253,17 @@ def outstanding(bind, as_of=None, physio_id=None, by_physio: bool = False) -> pd
     group = "x.physio_id, bucket" if by_physio else "bucket"
     with _connect(bind) as conn:
         # The whole history is read once: on SQLite a plain table scan (NOT INDEXED) beats a walk
-        # of ix_appointments_local_date that fetches every row; payments are looked up by
-        # ix_payments_appointment. MATERIALIZED keeps the due amount from being computed twice.
+        # of ix_appointments_local_date that fetches every row. "Paid by as_of" is written as
+        # paid_at < as_of_end (the same instant as paid_date <= as_of) so that payments come
+        # from the covering ix_payments_appointment_amount_paid without a table lookup
+        # (1.9 -> 1.4 s at 20x). MATERIALIZED keeps the due amount from being computed twice.
         not_indexed = " NOT INDEXED" if db.is_sqlite(conn) else ""
         sql = f"""
     WITH x AS MATERIALIZED (
         SELECT a.physio_id, a.local_date,
                COALESCE(a.price_estimate_cents, 0) - COALESCE((
                    SELECT SUM(p.amount_cents) FROM payments p
-                   WHERE p.appointment_id = a.appointment_id AND p.paid_date <= :as_of), 0) AS due
+                   WHERE p.appointment_id = a.appointment_id AND p.paid_at < :as_of_end), 0) AS due
         FROM appointments a{not_indexed}
         WHERE a.local_date <= :as_of AND a.status = 'completed'{s.physio_sql('a')}
     )
