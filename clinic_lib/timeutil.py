@@ -69,8 +69,12 @@ def series_to_utc_text(utc: pd.Series) -> pd.Series:
 
 
 def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
-    """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants."""
-    return utc.dt.tz_convert(tz).dt.strftime("%Y-%m-%d").astype(object)
+    """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants (NaT -> None)."""
+    # Local wall-clock time, truncated to the day by numpy (strftime took 0.85 s per 0.8M rows).
+    local = utc.dt.tz_convert(tz).dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
+    text = np.datetime_as_string(local, unit="D").astype(object)
+    text[np.isnat(local)] = None
+    return pd.Series(text, index=utc.index, dtype=object)
 
 
 def read_instants(values: pd.Series) -> pd.Series:
