@@ -100,6 +100,14 @@ def read_csv_text(path: Path) -> pd.DataFrame:
         raise DropError(name, f"is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}",
                         line=line) from None
     try:
+        # pyarrow's reader first: multi-threaded, 8-17x faster on the 20x demo's files, the same
+        # frame. It refuses any row with more or fewer fields than the header, so a file it
+        # reads needs no ragged-row check; any file it refuses is read again below, where
+        # pandas' own reader says which line is wrong.
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, engine="pyarrow")
+    except Exception:
+        pass
+    try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
                             skipinitialspace=False)
     except pd.errors.ParserError as exc:
@@ -112,6 +120,12 @@ def read_csv_text(path: Path) -> pd.DataFrame:
     if line is not None:
         raise DropError(name, f"row has fewer fields than the header ({len(frame.columns)}): "
                               "truncated file?", line=line)
+    # Rows that all have one field too many: pandas reads the first as an index column and
+    # shifts the data by one column without a word (pyarrow refused the file for it).
+    line = _first_long_line(text, len(frame.columns))
+    if line is not None:
+        raise DropError(name, f"row has more fields than the header ({len(frame.columns)}): "
+                              "a stray comma?", line=line)
     return frame
 
 
@@ -131,6 +145,15 @@ def _first_short_line(text: str, n_fields: int) -> int | None:
     return None
 
 
+def _first_long_line(text: str, n_fields: int) -> int | None:
+    """Line number of the first record with more fields than the header, or None."""
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        if len(record) > n_fields:
+            return reader.line_num
+    return None
+
+
 def check_columns(table: str, frame: pd.DataFrame, file: str) -> None:
     expected = COLUMNS[table]
     missing = [c for c in expected if c not in frame.columns]
@@ -141,11 +164,25 @@ def check_columns(table: str, frame: pd.DataFrame, file: str) -> None:
         raise DropError(file, f"unexpected column(s) {', '.join(map(str, extra))}; expected {', '.join(expected)}")
 
 
+def _plain_numbers(text: pd.Series, dtype: str) -> pd.Series | None:
+    """The usual column, every value a plain number >= 0: one cast (pyarrow's, ~5x faster than
+    to_numeric). None when any value is not, and the caller's slow path says which."""
+    try:
+        values = text.astype(dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    ok = np.isfinite(values.to_numpy()).all() and not (values < 0).any()
+    return values if ok else None
+
+
 def _ids(frame, column, file, required=True) -> pd.Series:
     text = frame[column].str.strip()
+    values = _plain_numbers(text, "int64")
+    if values is not None:
+        return values.astype("Int64")
     values = pd.to_numeric(text, errors="coerce")
     empty = text == ""
-    bad = (values.isna() & ~empty) | (values.notna() & (values != values.round())) | (values < 0)
+    bad = (values.isna() & ~empty) | (values.notna() & (values != values.round())) | (values < 0) | (values >= 2**63)
     if required:
         bad |= empty
     if bad.any():
@@ -183,9 +220,12 @@ def _flags(frame, column, file) -> pd.Series:
 
 def _cents(frame, column, file, required=True) -> pd.Series:
     text = frame[column].str.strip()
+    values = _plain_numbers(text, "float64")
+    if values is not None:
+        return (values * 100).round().astype("Int64")
     empty = text == ""
     values = pd.to_numeric(text, errors="coerce")
-    bad = (values.isna() & ~empty) | (values < 0) | (required & empty)
+    bad = (values.isna() & ~empty) | (values < 0) | (required & empty) | (values == float("inf"))
     if bad.any():
         line, value = _first(frame, bad, column)
         raise DropError(file, "expected an amount in euros >= 0, like 65.00", line=line, column=column, value=value)

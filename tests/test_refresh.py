@@ -125,6 +125,14 @@ BAD_DROPS = {
         (f / "appointments.csv").read_text().rsplit(",", 6)[0] + "\n"),
         r"appointments\.csv line 5: row has fewer fields than the header"),
     "missing file": (lambda f: (f / "payments.csv").unlink(), r"payments\.csv: file is missing"),
+    "id beyond 64 bits": (lambda f: write_table(f, "appointments", _with(DAY_APPOINTMENTS, 1, appointment_id="99999999999999999999")),
+                          r"appointments\.csv line 3 column appointment_id: expected a whole non-negative number"),
+    "infinite amount": (lambda f: write_table(f, "payments", [pay(1, 1, "inf", "2026-02-10T09:50:00+01:00")]),
+                        r"payments\.csv line 2 column amount: expected an amount in euros"),
+    # pandas alone would take the first column of such rows as an index and shift the data
+    "stray comma on every row": (lambda f: (f / "appointments.csv").write_text("\n".join(
+        [line + ("," if i else "") for i, line in enumerate((f / "appointments.csv").read_text().splitlines())]) + "\n"),
+        r"appointments\.csv line 2: row has more fields than the header"),
 }
 
 
