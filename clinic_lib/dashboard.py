@@ -403,6 +403,19 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     return View(cards, {k: figures[k] for k in order if k in figures}, outstanding_by_physio, current, frames)
 
 
+PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+
+
+def plotly_bundle(figure_json: str) -> dict:
+    """What plotly's ``plotly_mimetype`` renderer displays, built from ``fig.to_json()``.
+
+    Not ``fig.show()``: its renderer module imports nbformat, hence jsonschema, whose format
+    checker compiles 38 lark grammars on import (rfc3987_syntax): 3-6 s of every page's first
+    render in a new kernel, while the figures themselves take ~0.1 s."""
+    import json
+    return {PLOTLY_MIMETYPE: {**json.loads(figure_json), "config": {"displaylogo": False}}}
+
+
 class Dashboard:
     """Widgets, cards, charts and the freshness panel; ``refresh()`` recomputes after a change."""
 
@@ -493,7 +506,7 @@ class Dashboard:
                 if isinstance(fig, str):
                     display(HTML(fig))
                 else:
-                    fig.show(renderer="plotly_mimetype", config={"displaylogo": False})
+                    display(plotly_bundle(content), raw=True)
             except Exception as exc:
                 display(HTML(_friendly(f"The chart '{name}'", exc)))
 
