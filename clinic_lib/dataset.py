@@ -115,42 +115,32 @@ def read_csv_text(path: Path) -> pd.DataFrame:
         raise DropError(name, f"malformed CSV: {exc}", line=int(match.group(1)) if match else None) from None
     except pd.errors.EmptyDataError:
         raise DropError(name, "file is empty: expected at least a header row") from None
-    # A row cut off mid-way has fewer fields than the header; pandas would silently fill them.
-    line = _first_short_line(text, len(frame.columns))
-    if line is not None:
-        raise DropError(name, f"row has fewer fields than the header ({len(frame.columns)}): "
-                              "truncated file?", line=line)
+    # A row cut off mid-way has fewer fields than the header: pandas would silently fill them.
     # Rows that all have one field too many: pandas reads the first as an index column and
-    # shifts the data by one column without a word (pyarrow refused the file for it).
-    line = _first_long_line(text, len(frame.columns))
-    if line is not None:
-        raise DropError(name, f"row has more fields than the header ({len(frame.columns)}): "
-                              "a stray comma?", line=line)
+    # shifts the data by one column without a word.
+    ragged = _first_ragged_line(text, len(frame.columns))
+    if ragged is not None:
+        line, fields = ragged
+        hint = "truncated file?" if fields < len(frame.columns) else "a stray comma?"
+        raise DropError(name, f"row has {'fewer' if fields < len(frame.columns) else 'more'} fields "
+                              f"than the header ({len(frame.columns)}): {hint}", line=line)
     return frame
 
 
-def _first_short_line(text: str, n_fields: int) -> int | None:
-    """Line number of the first record with fewer fields than the header, or None."""
+def _first_ragged_line(text: str, n_fields: int) -> tuple[int, int] | None:
+    """(line number, number of fields) of the first record whose field count is not the
+    header's, or None. A file cut inside a quoted field counts as one field short."""
     if '"' not in text:  # the common case, fast: count separators line by line
         for number, line in enumerate(text.splitlines(), start=1):
-            if line and line.count(",") < n_fields - 1:
-                return number
+            if line and line.count(",") != n_fields - 1:
+                return number, line.count(",") + 1
         return None
     reader = csv.reader(io.StringIO(text))
     for record in reader:
-        if record and len(record) < n_fields:
-            return reader.line_num
+        if record and len(record) != n_fields:
+            return reader.line_num, len(record)
     if text.count('"') % 2:
-        return text.count("\n") + 1  # an unbalanced quote: the file was cut inside a field
-    return None
-
-
-def _first_long_line(text: str, n_fields: int) -> int | None:
-    """Line number of the first record with more fields than the header, or None."""
-    reader = csv.reader(io.StringIO(text))
-    for record in reader:
-        if len(record) > n_fields:
-            return reader.line_num
+        return text.count("\n") + 1, n_fields - 1  # an unbalanced quote: cut inside a field
     return None
 
 
