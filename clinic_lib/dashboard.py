@@ -7,11 +7,12 @@ to do. The page loads nothing but its own server: plotly.js comes from the ``jup
 extension that Voila serves, and the Voila template ``clinic`` (``clinic_lib/share``) is Voila's
 ``lab`` template without its CDN links (Font Awesome, mermaid).
 
-Speed: with ``CLINIC_DASHBOARD_PREHEAT=1`` Voila keeps one *preheated* kernel whose notebook has
-already run ``prepare()`` (imports, today's outstanding snapshot, the default selection's per-day
-sums); ``build`` reuses that work when the data fingerprint is unchanged. It is off by default
-(see ``voila_command``). A filter change recomputes from the per-(day, physio)
-sums in memory (``kpis.summary_from``); only a new date window queries the database.
+Speed: Voila keeps one *preheated* kernel whose notebook has already run ``prepare()``
+(imports, today's outstanding snapshot, the per-day sums of ``likely_window``);
+``build`` reuses that work when the data fingerprint is unchanged (``CLINIC_DASHBOARD_PREHEAT=0``
+turns preheating off; see ``voila_command``). A filter change recomputes from the per-(day,
+physio) sums in memory (``kpis.summary_from``); only days outside them are queried, and without
+a preheated kernel the page fetches that window in a thread after its first render.
 
 URL parameters: ``?day=YYYY-MM-DD`` (one day), ``?start=..&end=..`` (a range),
 ``?physio=<id>``, ``?as_of=YYYY-MM-DD`` (snapshot; default today).
@@ -326,6 +327,17 @@ def _outstanding_for(frame, physio):
     return out.reindex(list(kpis.OUTSTANDING_BUCKETS), fill_value=0).reset_index()
 
 
+def likely_window(as_of: dt.date) -> tuple[dt.date, dt.date]:
+    """The days of the selections an owner makes most: any day or range from the first of last
+    month up to as_of, with its previous period (last month's is the month before, which may
+    start on the last day of the month before that). Fetched ahead, so that such a change runs
+    no per-day query."""
+    first = as_of.replace(day=1)
+    for _ in range(3):
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    return first, as_of
+
+
 def window(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date]:
     """The days one selection needs: the previous period, the trend and the range itself."""
     prev_start, _ = kpis.previous_period(start, end)
@@ -365,8 +377,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
             figures[name] = _friendly(f"The chart '{name}'", exc)
 
     try:
-        if frames is None or frames.as_of != as_of or frames.start > win_start or frames.end < win_end:
-            frames = kpis.frames(engine, win_start, win_end, as_of)
+        frames = kpis.frames_covering(engine, frames, win_start, win_end, as_of)
         roster = kpis.roster_minutes(engine, start, end)
         current = kpis.summary_from(frames, roster, start, end, physio)
         previous = kpis.summary_from(frames, kpis.roster_minutes(engine, prev_start, prev_end),
@@ -429,6 +440,7 @@ class Dashboard:
         self._drawn: dict[str, str | None] = {}  # what each chart shows now
         self._outstanding = None  # by physio, for as_of: computed once
         self._frames = None  # per (day, physio) sums of the current date window
+        self._ahead = None  # a Future: the frames of likely_window(as_of), fetched after the first render
         self._busy = False
         self.mode = w.ToggleButtons(options=["Day", "Date range"], value="Day" if start == end else "Date range",
                                     description="Show", style={"button_width": "90px"})
@@ -523,7 +535,8 @@ class Dashboard:
             except ValueError as exc:
                 self.cards.value = message_html(html.escape(str(exc)))
                 return
-            view = compute(self.state.engine, start, end, physio, self.as_of, self._outstanding, self._frames)
+            view = compute(self.state.engine, start, end, physio, self.as_of, self._outstanding,
+                           self._frames_for(*window(start, end)))
             self._outstanding, self._frames = view.outstanding_by_physio, view.frames
             self.cards.value = view.cards_html
             for name, fig in view.figures.items():
@@ -533,6 +546,32 @@ class Dashboard:
         finally:
             self._busy = False
             self._set_status("ready", f"Updated in {time.perf_counter() - t0:.2f} s")
+
+    def fetch_ahead(self):
+        """Fetch the frames of likely_window in a thread while the owner reads the first page
+        (the databases work outside the GIL); a later range change inside it queries nothing."""
+        ahead = likely_window(self.as_of)
+        have = self._frames
+        if have is not None and have.as_of == self.as_of and have.start <= ahead[0] and have.end >= ahead[1]:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._ahead = (ahead, pool.submit(kpis.frames_covering, self.state.engine, have, *ahead, self.as_of))
+        pool.shutdown(wait=False)
+
+    def _frames_for(self, start, end):
+        """The cached frames, or the ones fetched ahead when they are ready or hold this window."""
+        if self._ahead is not None:
+            (a_start, a_end), future = self._ahead
+            if future.done() or (a_start <= start and end <= a_end):
+                self._ahead = None
+                try:
+                    fetched = future.result()
+                    if self._frames is None or (fetched.start <= self._frames.start and fetched.end >= self._frames.end):
+                        return fetched
+                except Exception:
+                    pass  # fetched ahead only to save time: the refresh queries what it needs
+        return self._frames
 
     def show_freshness(self):
         try:
@@ -561,7 +600,7 @@ def data_fingerprint(engine) -> tuple:
 
 def prepare() -> Warm | None:
     """Everything a page needs that does not depend on its URL: imports, plotly's first-figure
-    cost, and the outstanding snapshot as of today. Voila runs it before the request arrives
+    cost, the outstanding snapshot as of today and the per-day sums of ``likely_window``. Voila runs it before the request arrives
     (preheated kernels); without preheating it is simply the first part of the render."""
     try:
         if os.environ.get("VOILA_PREHEAT", "False") == "False":
@@ -575,7 +614,8 @@ def prepare() -> Warm | None:
         as_of = today_local(settings.clinic_tz)
         fingerprint = data_fingerprint(state.engine)
         start, end, *_ = initial_selection({}, state, as_of)
-        frames = kpis.frames(state.engine, *window(start, end), as_of)
+        (w_start, w_end), (a_start, a_end) = window(start, end), likely_window(as_of)
+        frames = kpis.frames(state.engine, min(w_start, a_start), max(w_end, a_end), as_of)
         return Warm(as_of, fingerprint, kpis.outstanding(state.engine, as_of, by_physio=True), frames)
     except Exception:
         traceback.print_exc(file=sys.stderr)
@@ -661,6 +701,7 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
                 pass
         app.refresh()
         app.show_freshness()
+        app.fetch_ahead()
         return app.root
     except Exception as exc:
         return w.HTML(CSS + _friendly("The dashboard", exc))
@@ -671,9 +712,10 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
 def voila_command(port: int | None = None, host: str = "127.0.0.1", notebook: Path | None = None) -> list[str]:
     """The Voila command line: our template, no tracebacks, a cell timeout and kernel culling."""
     port = port or get_settings().dashboard_port
-    # Preheating is off by default (CLINIC_DASHBOARD_PREHEAT=1 turns it on): it did not make the
-    # page faster here, and each preheated kernel holds its memory while it waits.
-    preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "0") in ("1", "true", "yes")
+    # Preheating (on unless CLINIC_DASHBOARD_PREHEAT=0) takes the kernel's start, the imports and
+    # the queries that do not depend on the URL out of the page's first render (5.2 -> 3.3 s at
+    # 20x, bench/bench_dashboard.py); the waiting kernel holds ~200 MB.
+    preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "1").lower() not in ("0", "false", "no", "off")
     # Voila itself, with the fix of voila_server (a missed wake-up stalled every second page load).
     return [sys.executable, "-m", "clinic_lib.voila_server", str(notebook or NOTEBOOK),
             "--no-browser", f"--port={port}", f"--Voila.ip={host}", "--Voila.port_retries=0",

@@ -545,6 +545,34 @@ def frames(bind, start, end=None, as_of=None) -> Frames:
     return Frames(s.start, s.end, s.as_of, per, new, reb, {int(k): v for k, v in names.items()})
 
 
+def frames_covering(bind, have: Frames | None, start, end=None, as_of=None) -> Frames:
+    """Frames for at least ``start``..``end``, reusing ``have`` (a window as of the same day):
+    ``have`` itself when it covers the range; else ``have`` plus only the missing days, queried
+    (each day's sums do not depend on the window around it); else a new window."""
+    s = scope(start, end, None, as_of)
+    if have is None or have.as_of != s.as_of:
+        return frames(bind, s.start, s.end, s.as_of)
+    if have.start <= s.start and s.end <= have.end:
+        return have
+    one = dt.timedelta(days=1)
+    if s.end < have.start - one or s.start > have.end + one:
+        return frames(bind, s.start, s.end, s.as_of)  # apart: joining them would query the gap
+    parts = [have]
+    if s.start < have.start:
+        parts.insert(0, frames(bind, s.start, have.start - one, s.as_of))
+    if s.end > have.end:
+        parts.append(frames(bind, have.end + one, s.end, s.as_of))
+
+    def joined(name):
+        pieces = [getattr(p, name) for p in parts if len(getattr(p, name))]
+        if not pieces:
+            return getattr(have, name)
+        return pd.concat(pieces, ignore_index=True)
+    names = {k: v for p in parts for k, v in p.names.items()}
+    return Frames(parts[0].start, parts[-1].end, s.as_of, joined("daily"), joined("new"),
+                  joined("rebook"), names)
+
+
 def _pick(frame: pd.DataFrame, start: dt.date, end: dt.date, physio_id) -> pd.DataFrame:
     mask = (frame["local_date"] >= start) & (frame["local_date"] <= end)
     if physio_id is not None:

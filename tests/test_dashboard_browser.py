@@ -49,12 +49,12 @@ def _free_port() -> int:
 class Server:
     """``python -m clinic_lib dashboard`` in its own process group, stopped by its id."""
 
-    def __init__(self, tmp: Path, database_url: str):
+    def __init__(self, tmp: Path, database_url: str, **extra_env: str):
         self.port = _free_port()
         self.log_path = tmp / f"voila-{self.port}.log"
         env = dict(os.environ, DATABASE_URL=database_url, CLINIC_TZ="Europe/Berlin",
                    CLINIC_DATA_DIR=str(tmp / "data"), CLINIC_OUTPUTS_DIR=str(tmp / "outputs"),
-                   LATE_CANCEL_HOURS="24")
+                   LATE_CANCEL_HOURS="24", **extra_env)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "clinic_lib", "dashboard", "--port", str(self.port)],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -207,10 +207,12 @@ def _get(url: str, timeout: float) -> tuple[float, str]:
     return time.monotonic() - t0, body
 
 
-def test_every_visitor_is_served_without_a_stall(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preheat", ["1", "0"], ids=["preheated", "kernel-per-page"])
+def test_every_visitor_is_served_without_a_stall(tmp_path, monkeypatch, preheat):
     """Three page loads in a row on a demo clinic (1x, one year), each well within Voila's 120 s
-    cell timeout. Under plain ``python -m voila`` the second load waited the whole 120 s for a cell
-    reply that was already in the socket (a missed wake-up; clinic_lib/voila_server.py)."""
+    cell timeout, with Voila's preheated kernels (the default) and without. Under plain
+    ``python -m voila`` the second load waited the whole 120 s for a cell reply that was already
+    in the socket (a missed wake-up; clinic_lib/voila_server.py)."""
     import datetime as dt
 
     from clinic_lib.demo import generate_demo
@@ -222,7 +224,7 @@ def test_every_visitor_is_served_without_a_stall(tmp_path, monkeypatch):
     engine = db.make_engine(url)
     load_raw(engine, folder=tmp_path / "demo" / "raw")
     engine.dispose()
-    server = Server(tmp_path, url)
+    server = Server(tmp_path, url, CLINIC_DASHBOARD_PREHEAT=preheat)
     try:
         for visit in range(3):
             seconds, body = _get(f"{server.url}?day={today - dt.timedelta(days=1)}", timeout=60)

@@ -199,6 +199,73 @@ def test_dashboard_compute_matches_kpis(clinic):
     assert again.summary.outstanding_cents == 21000 and again.summary.bookings == 2  # 202, 204
 
 
+def test_dashboard_fetches_the_likely_ranges_ahead(clinic):
+    # After the first render the page fetches the per-day sums of likely_window (last month and
+    # this one, with their previous periods) in a thread; a range change inside it runs no
+    # per-day query and shows the right cards.
+    import re
+
+    import sqlalchemy as sa
+
+    from clinic_lib import dashboard
+    as_of = kpis.parse_day(AS_OF)
+    assert dashboard.likely_window(as_of) == (dt.date(2026, 1, 1), as_of)
+    state = dashboard.State(engine=clinic, physios=[("Anna Alt", 1), ("Ben Bauer", 2)],
+                            first_day=dt.date(2026, 3, 28), last_day=dt.date(2026, 3, 31))
+    app = dashboard.Dashboard(state, dt.date(2026, 3, 29), dt.date(2026, 3, 29), None, as_of)
+    app.refresh()
+    first_window = (app._frames.start, app._frames.end)
+    app.fetch_ahead()
+    app._ahead[1].result()  # the owner is still reading the first page
+    statements = []
+    sa.event.listen(clinic, "before_cursor_execute", lambda conn, cur, sql, *rest: statements.append(sql))
+    app._busy = True  # set the range's two ends without a refresh in between
+    app.mode.value = "Date range"
+    app.start.value, app.end.value = dt.date(2026, 3, 2), dt.date(2026, 3, 31)
+    app._busy = False
+    app.refresh()
+    per_day = [q for q in statements if re.search(r"GROUP BY \w+\.local_date, \w+\.physio_id", q)]
+    assert not per_day, per_day
+    assert first_window[0] > dt.date(2026, 3, 2) - dt.timedelta(days=30)  # so the change needed more days
+    assert (app._frames.start, app._frames.end) == (dt.date(2026, 1, 1), as_of)
+    s = kpis.summary(clinic, "2026-03-02", "2026-03-31", as_of=AS_OF)
+    assert s.bookings == 12  # the 11 of 03-28 .. 03-30 (test_range_all_physios) and 207 on 03-31
+    for key, *_ in dashboard.CARDS:
+        assert f'<div class="kpi-value">{dashboard.card_value(key, s)}</div>' in app.cards.value, key
+
+
+def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url, monkeypatch):
+    # Voila's preheated kernel runs prepare() before the page is asked for (clinic dashboard's
+    # default). Its outstanding snapshot is reused while the data fingerprint is the same; any
+    # refresh in between (an etl_runs row) makes the page compute afresh: no stale numbers.
+    import dataclasses
+
+    from clinic_lib import dashboard
+    from clinic_lib.config import get_settings
+    from clinic_lib.refresh import log_etl_run
+    from clinic_lib.timeutil import today_local
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    warm = dashboard.prepare()
+    today = today_local(get_settings().clinic_tz)
+    assert warm is not None and warm.as_of == today
+    assert warm.frames.start <= dashboard.likely_window(today)[0] and warm.frames.end >= today
+    marked = warm.outstanding_by_physio.assign(outstanding_cents=warm.outstanding_by_physio["outstanding_cents"] * 1000)
+    marked_warm = dataclasses.replace(warm, outstanding_by_physio=marked)
+    true = kpis.summary(clinic, "2026-03-29", as_of=today)
+    assert true.outstanding_cents > 0
+
+    def card(page, key):
+        cards = page.children[4].value  # header, filters, status, note, cards, charts, freshness
+        return cards.split(f'data-kpi="{key}"')[1].split('<div class="kpi-value">')[1].split("</div>")[0]
+    reused = dashboard.build(day="2026-03-29", query_string="", warm=marked_warm)
+    assert card(reused, "outstanding_cents") == dashboard.format_value("money", true.outstanding_cents * 1000)
+    assert card(reused, "bookings") == dashboard.card_value("bookings", true)
+    log_etl_run(clinic, "refresh", "2026-03-31", "2026-03-31T20:00:00+00:00", "ok", 1, 1)
+    fresh = dashboard.build(day="2026-03-29", query_string="", warm=marked_warm)
+    assert card(fresh, "outstanding_cents") == dashboard.card_value("outstanding_cents", true)
+
+
 def test_dashboard_errors_become_messages():
     from clinic_lib import dashboard
     broken = db.make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens there
@@ -245,6 +312,31 @@ def test_summary_from_window_sums_equals_summary(clinic):
             assert direct.drop(columns="full_name").fillna(0).values.tolist() == \
                 from_fr.drop(columns="full_name").fillna(0).values.tolist()
         assert kpis.daily_from(fr, start, end).equals(kpis.daily(clinic, start, end, as_of=AS_OF))
+
+
+def test_frames_grown_by_the_missing_days_equal_one_window(clinic):
+    # A dashboard range change queries only the days its cached window lacks; the joined window
+    # must hold exactly what one query over the whole window gives.
+    import pandas as pd
+    whole = kpis.frames(clinic, "2026-03-20", "2026-04-12", AS_OF)
+    part = kpis.frames(clinic, "2026-03-29", "2026-03-30", AS_OF)
+    assert kpis.frames_covering(clinic, part, "2026-03-30", "2026-03-30", AS_OF) is part
+    grown = kpis.frames_covering(clinic, part, "2026-03-20", "2026-04-12", AS_OF)
+    assert (grown.start, grown.end) == (whole.start, whole.end)
+    assert len(part.daily) < len(whole.daily)  # the fixture has days on both sides of the part
+    for name in ("daily", "new", "rebook"):
+        def rows(fr):
+            return getattr(fr, name).sort_values(["local_date", "physio_id"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows(grown), rows(whole), check_dtype=False)
+    roster = kpis.roster_minutes(clinic, S, E)
+    assert kpis.summary_from(grown, roster, S, E) == kpis.summary(clinic, S, E, None, AS_OF, with_outstanding=False)
+    # A window apart from the cached one is queried on its own (not the gap between them), and a
+    # different as-of day never reuses the cache.
+    apart = kpis.frames_covering(clinic, part, "2026-04-10", "2026-04-12", AS_OF)
+    assert (apart.start, apart.end) == (dt.date(2026, 4, 10), dt.date(2026, 4, 12))
+    next_day = kpis.parse_day(AS_OF) + dt.timedelta(days=1)
+    later = kpis.frames_covering(clinic, part, "2026-03-29", "2026-03-30", next_day)
+    assert later is not part and later.as_of == next_day
 
 
 def test_dashboard_empty_database_message(engine, db_url, monkeypatch):
