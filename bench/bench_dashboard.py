@@ -10,9 +10,9 @@ Two kinds of measurement:
   in this process: plotly import and the outstanding snapshot over the whole history), then a
   physio filter change, a range change (the month so far) and a day change, each warm;
 - in Chromium (headless, Debian's /usr/bin/chromium): ``clinic dashboard`` (Voila) on the same
-  database; first render = from navigation until the cards and all six charts are drawn
-  (kernel start included); then a physio filter change and a range change, as a user does them.
-  ``CLINIC_DASHBOARD_PREHEAT=1`` measures Voila's preheated kernels instead (see dashboard.py).
+  database; first render = from navigation until the cards and all six charts are drawn, with
+  Voila's preheated kernel (the default; ``CLINIC_DASHBOARD_PREHEAT=0``: a new kernel per page,
+  kernel start included); then a physio filter change and a range change, as a user does them.
 """
 from __future__ import annotations
 
