@@ -415,6 +415,10 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
 
 
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+# No plotly logo, and no "Share chart..." button: the jupyterlab-plotly renderer adds one that
+# uploads the chart's data to Chart Studio (plotly's cloud); nothing leaves the clinic's machine.
+CHART_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False,
+                "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"]}
 
 
 def plotly_bundle(figure_json: str) -> dict:
@@ -424,7 +428,7 @@ def plotly_bundle(figure_json: str) -> dict:
     checker compiles 38 lark grammars on import (rfc3987_syntax): 3-6 s of every page's first
     render in a new kernel, while the figures themselves take ~0.1 s."""
     import json
-    return {PLOTLY_MIMETYPE: {**json.loads(figure_json), "config": {"displaylogo": False}}}
+    return {PLOTLY_MIMETYPE: {**json.loads(figure_json), "config": CHART_CONFIG}}
 
 
 class Dashboard:

@@ -108,6 +108,8 @@ def browser():
 def _open(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 2000})
     requests: list[str] = []
+    page.page_errors = []  # uncaught exceptions and unhandled rejections of the page's scripts
+    page.on("pageerror", lambda exc: page.page_errors.append(str(exc)))
     page.on("request", lambda r: requests.append(r.url))
     page.on("websocket", lambda ws: requests.append(ws.url))
     page.goto(url, wait_until="commit", timeout=120_000)
@@ -116,9 +118,16 @@ def _open(browser, url: str):
 
 def _wait_ready(page, render: int, timeout_ms: int = 120_000):
     page.wait_for_selector(f'.dash-status[data-state="ready"][data-render="{render}"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => e.offsetHeight > 0).length >= 6",
-        timeout=60_000)
+    try:
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => e.offsetHeight > 0).length >= 6",
+            timeout=60_000)
+    except sync_api.TimeoutError:
+        charts = page.eval_on_selector_all(
+            "[class*=chart-]", "els => els.map(e => e.className.match(/chart-\\w+/)[0] + ': ' + "
+            "e.querySelectorAll('.js-plotly-plot').length + ' plot(s), ' + e.innerText.slice(0, 120))")
+        raise AssertionError(f"render {render}: the six charts were not drawn within 60 s: {charts}; "
+                             f"page errors {getattr(page, 'page_errors', None)}") from None
     assert ERROR_TEXT not in page.content()
 
 
@@ -163,6 +172,18 @@ def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):
         page.fill(".end-filter input", "2026-03-30")
         _wait_ready(page, 4)
         assert _cards(page) == _expected(engine, DAY, "2026-03-30", physio=1)
+
+        # The template refuses the plotly renderer's hidden PNG copies of the charts (index.html.j2),
+        # silently, and a chart's own "Download plot as a png" still gives the PNG.
+        page.hover(".chart-outstanding .js-plotly-plot")
+        with page.expect_download(timeout=30_000) as download:
+            page.click('.chart-outstanding .modebar-btn[data-title="Download plot as a PNG"]')
+        png = Path(download.value.path()).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+        assert page.page_errors == []
+        # No chart offers to upload its data ("Share chart..." sends it to plotly's Chart Studio).
+        titles = page.eval_on_selector_all(".chart-outstanding .modebar-btn", "els => els.map(e => e.dataset.title)")
+        assert "Download plot as a PNG" in titles and not [t for t in titles if "Share" in t or "Studio" in t], titles
 
         page.wait_for_timeout(500)
         outputs.mkdir(parents=True, exist_ok=True)
