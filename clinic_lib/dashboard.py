@@ -564,10 +564,13 @@ class Dashboard:
         pool.shutdown(wait=False)
 
     def _frames_for(self, start, end):
-        """The cached frames, or the ones fetched ahead when they are ready or hold this window."""
+        """The cached frames, or the ones fetched ahead: when they are ready, or when this window
+        needs days the cached ones lack and the fetch holds them (a physio change never waits)."""
+        have = self._frames
+        covered = have is not None and have.as_of == self.as_of and have.start <= start and end <= have.end
         if self._ahead is not None:
             (a_start, a_end), future = self._ahead
-            if future.done() or (a_start <= start and end <= a_end):
+            if future.done() or (not covered and a_start <= start and end <= a_end):
                 self._ahead = None
                 try:
                     fetched = future.result()

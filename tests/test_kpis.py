@@ -217,6 +217,18 @@ def test_dashboard_fetches_the_likely_ranges_ahead(clinic):
     first_window = (app._frames.start, app._frames.end)
     app.fetch_ahead()
     app._ahead[1].result()  # the owner is still reading the first page
+    # While a fetch is still running, a change the cached window already holds does not wait.
+    import threading
+    from concurrent.futures import Future
+    fetched, running = app._ahead, Future()
+    app._ahead = (fetched[0], running)
+    change = threading.Thread(target=lambda: setattr(app.physio, "value", 1))
+    change.start()
+    change.join(timeout=20)
+    assert not change.is_alive(), "a physio change waited for the fetch ahead"
+    running.set_result(None)
+    app._ahead = fetched
+    app.physio.value = dashboard.ALL
     statements = []
     sa.event.listen(clinic, "before_cursor_execute", lambda conn, cur, sql, *rest: statements.append(sql))
     app._busy = True  # set the range's two ends without a refresh in between
