@@ -556,7 +556,7 @@ class Dashboard:
         (the databases work outside the GIL); a later range change inside it queries nothing."""
         ahead = likely_window(self.as_of)
         have = self._frames
-        if have is not None and have.as_of == self.as_of and have.start <= ahead[0] and have.end >= ahead[1]:
+        if have is not None and have.covers(*ahead, self.as_of):
             return
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=1)
@@ -567,14 +567,14 @@ class Dashboard:
         """The cached frames, or the ones fetched ahead: when they are ready, or when this window
         needs days the cached ones lack and the fetch holds them (a physio change never waits)."""
         have = self._frames
-        covered = have is not None and have.as_of == self.as_of and have.start <= start and end <= have.end
+        covered = have is not None and have.covers(start, end, self.as_of)
         if self._ahead is not None:
             (a_start, a_end), future = self._ahead
             if future.done() or (not covered and a_start <= start and end <= a_end):
                 self._ahead = None
                 try:
                     fetched = future.result()
-                    if self._frames is None or (fetched.start <= self._frames.start and fetched.end >= self._frames.end):
+                    if have is None or fetched.covers(have.start, have.end, have.as_of):
                         return fetched
                 except Exception:
                     pass  # fetched ahead only to save time: the refresh queries what it needs
@@ -607,8 +607,9 @@ def data_fingerprint(engine) -> tuple:
 
 def prepare() -> Warm | None:
     """Everything a page needs that does not depend on its URL: imports, plotly's first-figure
-    cost, the outstanding snapshot as of today and the per-day sums of ``likely_window``. Voila runs it before the request arrives
-    (preheated kernels); without preheating it is simply the first part of the render."""
+    cost, the outstanding snapshot as of today and the per-day sums of ``likely_window``. Voila
+    runs it before the request arrives (preheated kernels); without preheating it returns None
+    and the page does that work itself."""
     try:
         if os.environ.get("VOILA_PREHEAT", "False") == "False":
             return None  # rendering now anyway: build() runs the queries (outstanding in parallel)

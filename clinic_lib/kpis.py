@@ -505,6 +505,10 @@ class Frames:
     rebook: pd.DataFrame
     names: dict
 
+    def covers(self, start: dt.date, end: dt.date, as_of: dt.date) -> bool:
+        """Whether these sums hold every day of start..end as of that day."""
+        return self.as_of == as_of and self.start <= start and end <= self.end
+
 
 def frames(bind, start, end=None, as_of=None) -> Frames:
     """The per-(day, physio) sums of a window. Given an Engine, the three queries run at once on
@@ -552,7 +556,7 @@ def frames_covering(bind, have: Frames | None, start, end=None, as_of=None) -> F
     s = scope(start, end, None, as_of)
     if have is None or have.as_of != s.as_of:
         return frames(bind, s.start, s.end, s.as_of)
-    if have.start <= s.start and s.end <= have.end:
+    if have.covers(s.start, s.end, s.as_of):
         return have
     one = dt.timedelta(days=1)
     if s.end < have.start - one or s.start > have.end + one:
