@@ -59,21 +59,44 @@ def utc_now_text() -> str:
     return dt.datetime.now(UTC).strftime(ISO_FORMAT)
 
 
+def _day_texts(days: np.ndarray) -> np.ndarray:
+    """'YYYY-MM-DD' (object array) for integer days since 1970-01-01: each distinct day is
+    formatted once, because a column of 0.8M instants covers only a few hundred days."""
+    codes, unique = pd.factorize(days)
+    return np.datetime_as_string(unique.astype("datetime64[D]"), unit="D").astype(object)[codes]
+
+
+_CLOCK_UTC: np.ndarray | None = None
+
+
+def _clock_texts_utc() -> np.ndarray:
+    """'THH:MM:SS+00:00' for each second of a day, built once (86,400 short strings)."""
+    global _CLOCK_UTC
+    if _CLOCK_UTC is None:
+        _CLOCK_UTC = np.array([f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}+00:00" for s in range(86400)],
+                              dtype=object)
+    return _CLOCK_UTC
+
+
 def series_to_utc_text(utc: pd.Series) -> pd.Series:
-    """A tz-aware UTC datetime Series -> stored text (NaT -> None)."""
-    # numpy's formatter is ~10x faster than strftime; instants are whole seconds in UTC
-    values = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
-    text = np.char.add(np.datetime_as_string(values, unit="s"), "+00:00").astype(object)
-    text[pd.isna(values)] = None
+    """A tz-aware UTC datetime Series -> stored text (NaT -> None); instants are whole seconds."""
+    # Day part and clock part looked up in tables instead of formatting every value: 10x faster
+    # than numpy's datetime_as_string on the 20x demo's 0.8M appointments.
+    seconds = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
+    missing = np.isnat(seconds)
+    whole = np.where(missing, 0, seconds.astype(np.int64))
+    days, clock = np.divmod(whole, 86400)
+    text = _day_texts(days) + _clock_texts_utc()[clock]
+    text[missing] = None
     return pd.Series(text, index=utc.index, dtype=object)
 
 
 def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
     """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants (NaT -> None)."""
-    # Local wall-clock time, truncated to the day by numpy (strftime took 0.85 s per 0.8M rows).
     local = utc.dt.tz_convert(tz).dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
-    text = np.datetime_as_string(local, unit="D").astype(object)
-    text[np.isnat(local)] = None
+    missing = np.isnat(local)
+    text = _day_texts(np.where(missing, 0, local.astype(np.int64)))
+    text[missing] = None
     return pd.Series(text, index=utc.index, dtype=object)
 
 

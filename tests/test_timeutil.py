@@ -1,0 +1,39 @@
+"""Stored instants and local dates: the vectorised formatting equals Python's own, value by value."""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from clinic_lib.timeutil import series_local_date, series_to_utc_text, to_utc_text
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def test_utc_text_and_local_dates_by_hand_across_dst():
+    instants = pd.Series(pd.to_datetime([
+        "2026-03-29T01:59:59+01:00",  # last second of CET
+        "2026-03-29T03:00:00+02:00",  # first of CEST: same UTC day, same local day
+        "2026-10-25T02:30:00+02:00",  # the hour that happens twice: first time...
+        "2026-10-25T02:30:00+01:00",  # ...and second time
+        "2026-12-31T23:30:00+01:00",  # local New Year's Eve
+        "2027-01-01T00:30:00+01:00",  # local New Year, UTC still the old year
+        None], utc=True, format="ISO8601"), index=[10, 11, 12, 13, 14, 15, 16])
+    assert series_to_utc_text(instants).tolist() == [
+        "2026-03-29T00:59:59+00:00", "2026-03-29T01:00:00+00:00", "2026-10-25T00:30:00+00:00",
+        "2026-10-25T01:30:00+00:00", "2026-12-31T22:30:00+00:00", "2026-12-31T23:30:00+00:00", None]
+    assert series_local_date(instants, BERLIN).tolist() == [
+        "2026-03-29", "2026-03-29", "2026-10-25", "2026-10-25", "2026-12-31", "2027-01-01", None]
+    assert series_to_utc_text(instants).index.tolist() == list(range(10, 17))
+
+
+def test_utc_text_equals_python_formatting_for_random_instants():
+    rng = np.random.default_rng(5)
+    seconds = rng.integers(-2_000_000_000, 4_000_000_000, 5000)  # 1906 .. 2096
+    instants = pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
+    expected_text = [to_utc_text(dt.datetime.fromtimestamp(int(s), dt.timezone.utc)) for s in seconds]
+    expected_day = [dt.datetime.fromtimestamp(int(s), BERLIN).date().isoformat() for s in seconds]
+    assert series_to_utc_text(instants).tolist() == expected_text
+    assert series_local_date(instants, BERLIN).tolist() == expected_day
