@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from contextlib import contextmanager
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -320,6 +321,31 @@ def _sqlite_begin(conn):
 def begin_write(engine: sa.Engine):
     """A transaction that will write: ``with begin_write(engine) as conn: ...`` (one commit)."""
     return engine.execution_options(write=True).begin()
+
+
+@contextmanager
+def begin_bulk_write(engine: sa.Engine):
+    """``begin_write`` for loading many rows at once (one commit).
+
+    On SQLite the connection does not check foreign keys row by row (the caller checks them
+    once for all rows before it commits: ``refresh.first_broken_rule``) and sorts for index
+    builds on two threads; afterwards the connection gets its usual settings back.
+    """
+    with engine.connect() as conn:
+        sqlite = is_sqlite(engine)
+        if sqlite:  # PRAGMA foreign_keys is a no-op inside a transaction: set it before BEGIN
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+            conn.connection.driver_connection.execute("PRAGMA threads = 2")
+        try:
+            with conn.execution_options(write=True).begin():
+                yield conn
+        finally:
+            if sqlite:
+                try:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
+                    conn.connection.driver_connection.execute("PRAGMA threads = 0")
+                except Exception:
+                    conn.invalidate()  # never back to the pool without foreign keys
 
 
 def make_engine(url: str | None = None) -> sa.Engine:

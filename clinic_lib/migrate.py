@@ -35,11 +35,15 @@ class MigrationError(UserError):
 
 # --- triggers: the rules a CHECK cannot express because they look at another table ------------
 
-SQLITE_TRIGGERS = [
+# The initial load drops this one for its bulk insert and checks the rule once for all rows.
+SQLITE_PAYMENT_INSERT_TRIGGER = ("trg_payments_need_completed_insert",
     """CREATE TRIGGER IF NOT EXISTS trg_payments_need_completed_insert
        BEFORE INSERT ON payments
        WHEN (SELECT status FROM appointments WHERE appointment_id = NEW.appointment_id) IS NOT 'completed'
-       BEGIN SELECT RAISE(ABORT, 'payments: a payment needs an existing, completed appointment'); END""",
+       BEGIN SELECT RAISE(ABORT, 'payments: a payment needs an existing, completed appointment'); END""")
+
+SQLITE_TRIGGERS = [
+    SQLITE_PAYMENT_INSERT_TRIGGER[1],
     """CREATE TRIGGER IF NOT EXISTS trg_payments_need_completed_update
        BEFORE UPDATE OF appointment_id ON payments
        WHEN (SELECT status FROM appointments WHERE appointment_id = NEW.appointment_id) IS NOT 'completed'
