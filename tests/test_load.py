@@ -6,12 +6,13 @@ database's own per-row guards are back after the load, whether it worked or not.
 """
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from clinic_lib import db
 from clinic_lib.dataset import DropError
-from clinic_lib.refresh import first_broken_rule, load_raw
+from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
 from drops import HOURS, PATIENTS, PHYSIOS, appt, pay, write_drop, write_table
 
 RAW_APPOINTMENTS = [
@@ -139,3 +140,13 @@ def test_a_load_into_postgres_and_sqlite_gives_the_same_rows(tmp_path, sqlite_ur
         hashes.append(db.content_hash(engine))
         engine.dispose()
     assert hashes[0] == hashes[1]
+
+
+def test_bulk_insert_writes_every_row_in_statements_of_many(engine):
+    """1,203 physios: two statements of 500 rows and the remaining 203 one by one, in order."""
+    frame = pd.DataFrame({"physio_id": range(1, 1204), "full_name": [f"Physio {i}" for i in range(1, 1204)],
+                          "active": [i % 2 for i in range(1, 1204)], "source_day": None})
+    with db.begin_write(engine) as conn:
+        assert bulk_insert(conn, "physios", frame) == 1203
+    got = rows(engine, "SELECT physio_id, full_name, active, source_day FROM physios ORDER BY physio_id")
+    assert got == [(i, f"Physio {i}", i % 2, None) for i in range(1, 1204)]
