@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_TODAY, CACHE, demo_data, loaded_sqlite, table, timed  # noqa: E402
+from common import CACHE, demo_data, empty_sqlite, loaded_sqlite, table, timed  # noqa: E402
 
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.schema import CreateIndex  # noqa: E402
 
 from clinic_lib import db  # noqa: E402
-from clinic_lib.migrate import SQLITE_PAYMENT_INSERT_TRIGGER, migrate  # noqa: E402
+from clinic_lib.migrate import SQLITE_PAYMENT_INSERT_TRIGGER  # noqa: E402
 from clinic_lib.refresh import LOAD_ORDER, load_raw, refresh_day  # noqa: E402
 
 
@@ -32,11 +32,7 @@ def sqlite_alone(source: Path) -> float:
     """Seconds SQLite itself takes to copy the clinic's rows of ``source`` into an empty
     database of the current schema, build the indices and commit (the floor of any load)."""
     target = CACHE / "floor.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(target) + suffix).unlink(missing_ok=True)
-    engine = db.make_engine(f"sqlite:///{target}")
-    migrate(engine)
-    engine.dispose()
+    empty_sqlite(target).dispose()
     indexes = [ix for name in LOAD_ORDER for ix in db.metadata.tables[name].indexes]
     con = sqlite3.connect(target, isolation_level=None)
     for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "threads = 2", "foreign_keys = OFF"):
@@ -47,8 +43,8 @@ def sqlite_alone(source: Path) -> float:
     for ix in indexes:
         con.execute(f"DROP INDEX {ix.name}")
     con.execute(f"DROP TRIGGER {SQLITE_PAYMENT_INSERT_TRIGGER[0]}")
-    for table in LOAD_ORDER:
-        con.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table}")
+    for name in LOAD_ORDER:
+        con.execute(f"INSERT INTO main.{name} SELECT * FROM source.{name}")
     for ix in indexes:
         con.execute(str(CreateIndex(ix).compile(dialect=sqlite_dialect.dialect())))
     con.execute(SQLITE_PAYMENT_INSERT_TRIGGER[1])
@@ -59,10 +55,7 @@ def sqlite_alone(source: Path) -> float:
 
 
 def load_once(data: Path, target: Path) -> float:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(target) + suffix).unlink(missing_ok=True)
-    engine = db.make_engine(f"sqlite:///{target}")
-    migrate(engine)
+    engine = empty_sqlite(target)
     t0 = time.perf_counter()
     load_raw(engine, folder=data / "raw")
     seconds = time.perf_counter() - t0

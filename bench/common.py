@@ -39,10 +39,25 @@ def loaded_sqlite(scale: int, name: str = "clinic", history_scale: int = 1) -> t
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         engine.dispose()
     target = CACHE / f"{name}-{scale}x-h{history_scale}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(target) + suffix).unlink(missing_ok=True)
+    remove_sqlite(target)
     shutil.copy(master, target)
     return f"sqlite:///{target}", data
+
+
+def remove_sqlite(path: Path) -> None:
+    """Delete a SQLite database file with its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def empty_sqlite(path: Path):
+    """An engine on a new, empty SQLite database of the current schema at ``path``."""
+    from clinic_lib import db
+    from clinic_lib.migrate import migrate
+    remove_sqlite(path)
+    engine = db.make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    return engine
 
 
 def timed(fn, repeat: int = 5) -> list[float]:

@@ -331,21 +331,21 @@ def begin_bulk_write(engine: sa.Engine):
     once for all rows before it commits: ``refresh.first_broken_rule``) and sorts for index
     builds on two threads; afterwards the connection gets its usual settings back.
     """
+    # (setting during the load, usual setting); PRAGMA foreign_keys is a no-op inside a
+    # transaction, so both are set before BEGIN and put back after the end of it
+    pragmas = {"foreign_keys": ("OFF", "ON"), "threads": ("2", "0")} if is_sqlite(engine) else {}
     with engine.connect() as conn:
-        sqlite = is_sqlite(engine)
-        if sqlite:  # PRAGMA foreign_keys is a no-op inside a transaction: set it before BEGIN
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
-            conn.connection.driver_connection.execute("PRAGMA threads = 2")
+        for name, (during, _) in pragmas.items():
+            conn.connection.driver_connection.execute(f"PRAGMA {name} = {during}")
         try:
             with conn.execution_options(write=True).begin():
                 yield conn
         finally:
-            if sqlite:
-                try:
-                    conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
-                    conn.connection.driver_connection.execute("PRAGMA threads = 0")
-                except Exception:
-                    conn.invalidate()  # never back to the pool without foreign keys
+            try:
+                for name, (_, usual) in pragmas.items():
+                    conn.connection.driver_connection.execute(f"PRAGMA {name} = {usual}")
+            except Exception:
+                conn.invalidate()  # never back to the pool without foreign keys
 
 
 def make_engine(url: str | None = None) -> sa.Engine:

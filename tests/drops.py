@@ -1,9 +1,17 @@
-"""Hand-written drops for tests: a tiny clinic whose every number can be checked by hand."""
+"""Hand-written drops for tests: a tiny clinic whose every number can be checked by hand,
+and ``rows`` to read back what a test wrote."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from clinic_lib.dataset import COLUMNS
+
+
+def rows(engine, sql, **params) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
 
 PHYSIOS = [{"physio_id": 1, "full_name": "Anna Berg", "active": 1},
            {"physio_id": 2, "full_name": "Jonas Keller", "active": 1}]

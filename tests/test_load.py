@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from clinic_lib import db
 from clinic_lib.dataset import DropError
 from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
-from drops import HOURS, PATIENTS, PHYSIOS, appt, pay, write_drop, write_table
+from drops import HOURS, appt, pay, rows, write_drop
 
 RAW_APPOINTMENTS = [
     appt(1, "2026-02-10T09:00:00+01:00", "2026-02-10T09:30:00+01:00"),
@@ -28,11 +28,6 @@ RAW_PAYMENTS = [pay(1, 1, "60.00", "2026-02-10T09:40:00+01:00"),
 
 def write_raw(folder, appointments=RAW_APPOINTMENTS, payments=RAW_PAYMENTS, hours=HOURS):
     return write_drop(folder, appointments=appointments, payments=payments, hours=hours)
-
-
-def rows(engine, sql):
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(sql)]
 
 
 def last_etl(engine):

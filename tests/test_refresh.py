@@ -9,18 +9,12 @@ import textwrap
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from clinic_lib import db
 from clinic_lib.dataset import DropError
 from clinic_lib.refresh import RefreshError, refresh_day
-from drops import (DAY, DAY_APPOINTMENTS, DAY_PAYMENTS, HOURS, PATIENTS, PHYSIOS, appt, pay,
+from drops import (DAY, DAY_APPOINTMENTS, HOURS, appt, pay, rows,
                    write_day_drop, write_drop, write_table)
-
-
-def rows(engine, sql, **params):
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
 
 
 def last_etl(engine):
