@@ -90,6 +90,16 @@ def _in(name: str, values, table: str) -> sa.CheckConstraint:
     return sa.CheckConstraint(f"{name} IN ({listed})", name=f"ck_{table}_{name}")
 
 
+def _written_by_a_drop(table: str) -> sa.Index:
+    """Rows a daily drop wrote (source_day set), for ``max(source_day)`` in the refresh.
+
+    Partial: the initial load leaves source_day NULL, so after a load the index is empty and
+    costs the load nothing; queries must say ``source_day IS NOT NULL`` to use it.
+    """
+    where = sa.text("source_day IS NOT NULL")
+    return sa.Index(f"ix_{table}_source_day", "source_day", sqlite_where=where, postgresql_where=where)
+
+
 patients = sa.Table(
     "patients", metadata,
     sa.Column("patient_id", Id, primary_key=True, autoincrement=False),
@@ -104,7 +114,7 @@ patients = sa.Table(
     sa.Column("created_at", Instant, nullable=False),
     sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("consent_form_received", "patients"),
-    sa.Index("ix_patients_source_day", "source_day"),
+    _written_by_a_drop("patients"),
     _flag("reminder_consent", "patients"),
     sa.CheckConstraint("gender IS NULL OR gender IN ('F', 'M', 'X')", name="ck_patients_gender"),
 )
@@ -116,7 +126,7 @@ physios = sa.Table(
     sa.Column("active", Flag, nullable=False, server_default="1"),
     sa.Column("source_day", Day),  # the drop that last wrote the row (NULL: initial load)
     _flag("active", "physios"),
-    sa.Index("ix_physios_source_day", "source_day"),
+    _written_by_a_drop("physios"),
 )
 
 # The weekly roster: one row per block of work (a break splits a day into two blocks).
@@ -157,14 +167,12 @@ appointments = sa.Table(
                        name="ck_appointments_canceled_at_only_for_canceled"),
     _flag("is_first_visit", "appointments"),
     sa.Index("ix_appointments_local_date", "local_date"),
-    sa.Index("ix_appointments_patient_start", "patient_id", "appt_start"),
-    sa.Index("ix_appointments_physio_start", "physio_id", "appt_start"),
-    sa.Index("ix_appointments_source_day", "source_day"),
-    # Covering partial indexes for the overlap checks of validate.py (issue 3): the busy slots only.
-    sa.Index("ix_appointments_physio_busy", "physio_id", "appt_start", "appt_end",
-             sqlite_where=sa.text("status <> 'canceled'"), postgresql_where=sa.text("status <> 'canceled'")),
-    sa.Index("ix_appointments_patient_busy", "patient_id", "appt_start", "appt_end",
-             sqlite_where=sa.text("status <> 'canceled'"), postgresql_where=sa.text("status <> 'canceled'")),
+    # A patient's and a physio's appointments in time order, covering what is read of them: the
+    # overlap checks of validate.py (start, end, status) and a patient's history for the features
+    # (features.HISTORY_COLUMNS) come from the index without touching the table.
+    sa.Index("ix_appointments_patient_start", "patient_id", "appt_start", "appt_end", "status", "canceled_at"),
+    sa.Index("ix_appointments_physio_start", "physio_id", "appt_start", "appt_end", "status"),
+    _written_by_a_drop("appointments"),
 )
 
 payments = sa.Table(
@@ -177,9 +185,9 @@ payments = sa.Table(
     sa.Column("method", sa.String(10), nullable=False),
     sa.CheckConstraint("amount_cents >= 0", name="ck_payments_amount_non_negative"),
     _in("method", PAYMENT_METHODS, "payments"),
-    sa.Index("ix_payments_appointment", "appointment_id"),
     sa.Index("ix_payments_paid_date", "paid_date"),
-    # Covering index for the payment checks of validate.py (totals and duplicates per appointment).
+    # An appointment's payments (lookups, the foreign key), and covering for the payment checks of
+    # validate.py and the KPIs (totals and duplicates per appointment).
     sa.Index("ix_payments_appointment_amount_paid", "appointment_id", "amount_cents", "paid_at"),
 )
 

@@ -164,7 +164,8 @@ def newer_in_database(conn: sa.Connection, table: str, frame: pd.DataFrame, day:
     """
     t = db.metadata.tables[table]
     id_col = t.c[ID_COLUMN[table]]
-    latest = conn.execute(sa.select(sa.func.max(t.c.source_day))).scalar()  # indexed: one probe
+    # one probe of the partial index ix_<table>_source_day, whose condition the query repeats
+    latest = conn.execute(sa.select(sa.func.max(t.c.source_day)).where(t.c.source_day.is_not(None))).scalar()
     if latest is None or str(latest) <= day:  # the usual case, days applied in order: nothing newer
         return pd.Series(False, index=frame.index)
     ids = [int(i) for i in frame[id_col.name].dropna().unique()]

@@ -1106,8 +1106,8 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
                             AND y.appointment_id <> x.appointment_id)"""
             hint = ""
             if sqlite and conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                                               (f"ix_appointments_{col[:-3]}_busy",)).first():
-                hint = f" INDEXED BY ix_appointments_{col[:-3]}_busy"  # scan the covering index, not the table
+                                               (f"ix_appointments_{col[:-3]}_start",)).first():
+                hint = f" INDEXED BY ix_appointments_{col[:-3]}_start"  # scan the covering index, not the table
             n = conn.execute(sa.text(f"SELECT COUNT(*) FROM appointments x{hint} WHERE x.status <> 'canceled' "
                                      f"AND x.{col} IS NOT NULL AND {exists}")).scalar()
             if n:

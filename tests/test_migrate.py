@@ -65,7 +65,7 @@ def test_empty_database_gets_current_schema_once(db_url):
 def test_reference_layout_is_upgraded(db_url, monkeypatch):
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     engine = make_reference_db(db_url)
-    assert migrate(engine) == [1, 2]
+    assert migrate(engine) == [1, 2, 3]
     with engine.connect() as conn:
         appts = conn.execute(sa.select(
             db.appointments.c.appointment_id, db.appointments.c.appt_start, db.appointments.c.local_date,
@@ -118,9 +118,9 @@ def test_clinic_migrate_command(tmp_path):
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "applied migrations [1, 2]" in out.stdout
+    assert "applied migrations [1, 2, 3]" in out.stdout
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
-    assert "already at schema version 2" in out.stdout
+    assert "already at schema version 3" in out.stdout
 
 
 def test_version_1_database_gains_source_day(tmp_path):
@@ -134,8 +134,66 @@ def test_version_1_database_gains_source_day(tmp_path):
             columns = ", ".join(f"{c.name}" for c in table.columns if c.name != "source_day")
             conn.exec_driver_sql(f"CREATE TABLE {table.name} ({columns})")
         conn.exec_driver_sql("INSERT INTO appointments (appointment_id, local_date) VALUES (1, '2026-02-10')")
-    assert migrate(engine) == [2]
+    assert migrate(engine) == [2, 3]
     with engine.connect() as conn:
         assert {c["name"] for c in sa.inspect(conn).get_columns("appointments")} >= {"source_day"}
-        assert "ix_appointments_physio_busy" in {ix["name"] for ix in sa.inspect(conn).get_indexes("appointments")}
+        assert index_definitions(conn)["ix_appointments_physio_start"][0] == [
+            "physio_id", "appt_start", "appt_end", "status"]
         assert conn.exec_driver_sql("SELECT appointment_id, source_day FROM appointments").all() == [(1, None)]
+
+
+def index_definitions(conn) -> dict[str, tuple[list[str], bool]]:
+    """Index name -> (columns, partial?) for the clinic's tables."""
+    out = {}
+    for table in ("patients", "physios", "appointments", "payments"):
+        for ix in sa.inspect(conn).get_indexes(table):
+            out[ix["name"]] = (ix["column_names"], None)
+    if conn.dialect.name == "sqlite":
+        rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    else:
+        rows = conn.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")
+    for name, sql in rows:
+        if name in out:
+            out[name] = (out[name][0], " WHERE " in sql.upper())
+    return out
+
+
+VERSION_2_INDICES = {  # name -> (table, columns, WHERE or None), as version 2 made them
+    "ix_payments_appointment": ("payments", "appointment_id", None),
+    "ix_appointments_patient_start": ("appointments", "patient_id, appt_start", None),
+    "ix_appointments_physio_start": ("appointments", "physio_id, appt_start", None),
+    "ix_appointments_patient_busy": ("appointments", "patient_id, appt_start, appt_end", "status <> 'canceled'"),
+    "ix_appointments_physio_busy": ("appointments", "physio_id, appt_start, appt_end", "status <> 'canceled'"),
+    "ix_appointments_source_day": ("appointments", "source_day", None),
+    "ix_patients_source_day": ("patients", "source_day", None),
+    "ix_physios_source_day": ("physios", "source_day", None),
+}
+
+
+def test_version_2_indices_become_the_current_ones(db_url):
+    """Version 3 replaces version 2's eleven indices with eight, keeps the rows, and runs once."""
+    import kpi_fixture as fx
+    engine = db.make_engine(db_url)
+    migrate(engine)
+    fx.load(engine)
+    with db.begin_write(engine) as conn:  # put the database back into version 2's shape
+        for name, (table, columns, where) in VERSION_2_INDICES.items():
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} ({columns})" + (f" WHERE {where}" if where else ""))
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 3")
+    before = table_dump(engine)
+    assert migrate(engine) == [3]
+    assert migrate(engine) == []
+    with engine.connect() as conn:
+        indices = index_definitions(conn)
+    assert {name: indices[name] for name in indices if name in VERSION_2_INDICES or "_amount_paid" in name} == {
+        "ix_appointments_patient_start": (["patient_id", "appt_start", "appt_end", "status", "canceled_at"], False),
+        "ix_appointments_physio_start": (["physio_id", "appt_start", "appt_end", "status"], False),
+        "ix_appointments_source_day": (["source_day"], True),
+        "ix_patients_source_day": (["source_day"], True),
+        "ix_physios_source_day": (["source_day"], True),
+        "ix_payments_appointment_amount_paid": (["appointment_id", "amount_cents", "paid_at"], False),
+    }
+    after = table_dump(engine)
+    assert {t: rows for t, rows in after.items() if t != "schema_version"} == \
+        {t: rows for t, rows in before.items() if t != "schema_version"}

@@ -251,15 +251,36 @@ def test_per_day_queries_use_indices(tmp_path):
     queries = {
         "SELECT * FROM appointments WHERE local_date = '2026-02-10'": "ix_appointments_local_date",
         "SELECT * FROM payments WHERE paid_date = '2026-02-10'": "ix_payments_paid_date",
-        "SELECT * FROM payments WHERE appointment_id = 5": "ix_payments_appointment",
+        "SELECT * FROM payments WHERE appointment_id = 5": "ix_payments_appointment_amount_paid",
         "SELECT * FROM appointments WHERE patient_id = 3 AND appt_start < '2026-02-10'": "ix_appointments_patient_start",
         "SELECT * FROM appointments WHERE physio_id = 3 AND appt_start >= '2026-02-10' "
         "AND appt_start < '2026-02-11'": "ix_appointments_physio_start",
+        # the refresh's "has a later drop written this table?" (refresh.newer_in_database): the
+        # partial index answers it from its last entry
+        "SELECT max(source_day) FROM appointments WHERE source_day IS NOT NULL": "ix_appointments_source_day",
+        "SELECT max(source_day) FROM patients WHERE source_day IS NOT NULL": "ix_patients_source_day",
+        # validate.py's overlap probe reads start, end and status from the index alone
+        "SELECT 1 FROM appointments y WHERE y.physio_id = 3 AND y.status <> 'canceled' "
+        "AND y.appt_start >= '2026-02-10' AND y.appt_start < '2026-02-11'": "ix_appointments_physio_start",
     }
     with engine.connect() as conn:
         for query, index in queries.items():
             plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query))
-            assert f"USING INDEX {index}" in plan, (query, plan)
+            assert f"INDEX {index} " in plan, (query, plan)
+            assert "SCAN" not in plan, (query, plan)
+        # read from the index alone: validate.py's overlap probe, the scoring's patient history
+        # (features.read_history) and the payment totals
+        covering = {
+            "SELECT 1 FROM appointments y WHERE y.physio_id = 3 AND y.status <> 'canceled' "
+            "AND y.appt_start >= '2026-02-10' AND y.appt_start < '2026-02-11'": "ix_appointments_physio_start",
+            "SELECT patient_id, appt_start, appt_end, status, canceled_at FROM appointments "
+            "WHERE patient_id IN (3, 4) AND appt_start < '2026-02-10'": "ix_appointments_patient_start",
+            "SELECT appointment_id, SUM(amount_cents), MAX(paid_at) FROM payments "
+            "WHERE appointment_id IN (5, 6) GROUP BY appointment_id": "ix_payments_appointment_amount_paid",
+        }
+        for query, index in covering.items():
+            plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query))
+            assert f"COVERING INDEX {index} " in plan, (query, plan)
 
 
 def test_sqlite_connections_enforce_fk_wal_busy_timeout(tmp_path):
