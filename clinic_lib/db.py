@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import sqlite3
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -310,11 +311,14 @@ DERIVED_TABLES = ("risk_scores", "priorities", "reminders", "call_outcomes")
 RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at", "source_day"})
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite connection waits for another one's lock
+
+
 def _sqlite_pragmas(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
 
@@ -338,22 +342,54 @@ def begin_bulk_write(engine: sa.Engine):
     On SQLite the connection does not check foreign keys row by row (the caller checks them
     once for all rows before it commits: ``refresh.first_broken_rule``) and sorts for index
     builds on two threads; afterwards the connection gets its usual settings back.
+
+    When no other connection has the file open, the transaction also goes through a rollback
+    journal instead of the WAL: the WAL writes every new page twice (to the log, then into the
+    file at the checkpoint), a rollback journal only keeps the few pages that existed before, and
+    a crash still rolls the whole transaction back (the "hot journal" is undone on the next open).
+    At 20x that is 0.7 s instead of 2.1-2.4 s for the commit. Meanwhile other connections wait
+    for the load (busy timeout) instead of reading beside it.
     """
-    # (setting during the load, usual setting); PRAGMA foreign_keys is a no-op inside a
-    # transaction, so both are set before BEGIN and put back after the end of it
-    pragmas = {"foreign_keys": ("OFF", "ON"), "threads": ("2", "0")} if is_sqlite(engine) else {}
+    if not is_sqlite(engine):
+        with begin_write(engine) as conn:
+            yield conn
+        return
     with engine.connect() as conn:
-        for name, (during, _) in pragmas.items():
-            conn.connection.driver_connection.execute(f"PRAGMA {name} = {during}")
+        raw = conn.connection.driver_connection
+        # PRAGMA foreign_keys and journal_mode are no-ops or errors inside a transaction: set
+        # before BEGIN, put back after the end of it
+        raw.execute("PRAGMA foreign_keys = OFF")
+        raw.execute("PRAGMA threads = 2")
+        journaled = _rollback_journal_if_alone(raw)
         try:
             with conn.execution_options(write=True).begin():
                 yield conn
         finally:
             try:
-                for name, (_, usual) in pragmas.items():
-                    conn.connection.driver_connection.execute(f"PRAGMA {name} = {usual}")
+                raw.execute("PRAGMA foreign_keys = ON")
+                raw.execute("PRAGMA threads = 0")
+                if journaled:
+                    raw.execute("PRAGMA journal_mode = WAL")
+                    raw.execute("PRAGMA synchronous = NORMAL")
             except Exception:
-                conn.invalidate()  # never back to the pool without foreign keys
+                # never back to the pool without foreign keys; the next connection sets WAL again
+                conn.invalidate()
+
+
+def _rollback_journal_if_alone(raw) -> bool:
+    """Switch this connection's file from WAL to a rollback journal if no other connection has it
+    open (SQLite refuses the switch otherwise: then the load stays in WAL, as correct, slower)."""
+    raw.execute("PRAGMA busy_timeout = 0")  # another connection: refuse at once, do not wait 30 s
+    try:
+        mode = raw.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+    except sqlite3.OperationalError:
+        mode = "wal"
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if mode != "delete":
+        return False
+    raw.execute("PRAGMA synchronous = FULL")  # a rollback journal is crash-safe with FULL syncs
+    return True
 
 
 def make_engine(url: str | None = None) -> sa.Engine:

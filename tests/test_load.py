@@ -6,12 +6,22 @@ database's own per-row guards are back after the load, whether it worked or not.
 """
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from clinic_lib import db
 from clinic_lib.dataset import DropError
+from clinic_lib.migrate import migrate
 from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
 from drops import HOURS, appt, pay, rows, write_drop
 
@@ -145,3 +155,97 @@ def test_bulk_insert_writes_every_row_in_statements_of_many(engine):
         assert bulk_insert(conn, "physios", frame) == 1203
     got = rows(engine, "SELECT physio_id, full_name, active, source_day FROM physios ORDER BY physio_id")
     assert got == [(i, f"Physio {i}", i % 2, None) for i in range(1, 1204)]
+
+
+# --- SQLite: the load's rollback journal ------------------------------------------------------
+
+def journal_modes_seen_while_inserting(monkeypatch) -> list[str]:
+    """Records the journal mode of the loading connection each time it inserts a table."""
+    from clinic_lib import refresh
+    seen, real = [], refresh.bulk_insert
+
+    def recording(conn, table, frame):
+        seen.append(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+        return real(conn, table, frame)
+    monkeypatch.setattr(refresh, "bulk_insert", recording)
+    return seen
+
+
+def test_sqlite_load_alone_uses_a_rollback_journal_then_wal_again(tmp_path, sqlite_url, monkeypatch):
+    engine = db.make_engine(sqlite_url)
+    seen = journal_modes_seen_while_inserting(monkeypatch)
+    load_raw(engine, folder=write_raw(tmp_path / "raw"))
+    assert set(seen) == {"delete"}
+    path = sqlite_url.split("sqlite:///", 1)[1]
+    plain = sqlite3.connect(path)  # no pragmas of ours: what the file itself says
+    assert plain.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    plain.close()
+    with engine.connect() as conn:  # the pooled connection has its usual settings back
+        settings = [conn.exec_driver_sql(f"PRAGMA {p}").scalar()
+                    for p in ("foreign_keys", "synchronous", "busy_timeout", "threads")]
+    assert settings == [1, 1, db.BUSY_TIMEOUT_MS, 0]  # synchronous 1 = NORMAL
+    assert not Path(path + "-journal").exists()
+    assert_guards_in_place(engine)
+
+
+def test_sqlite_load_beside_another_connection_stays_in_wal_without_waiting(tmp_path, sqlite_url,
+                                                                            monkeypatch):
+    """SQLite refuses to leave WAL while another connection has the file open: the load then
+    goes through the WAL as before, at once (it does not wait out the 30 s busy timeout)."""
+    engine = db.make_engine(sqlite_url)
+    migrate(engine)
+    reader = sqlite3.connect(sqlite_url.split("sqlite:///", 1)[1], isolation_level=None)  # e.g. the
+    assert reader.execute("SELECT COUNT(*) FROM appointments").fetchone() == (0,)    # dashboard, idle
+    seen = journal_modes_seen_while_inserting(monkeypatch)
+    t0 = time.monotonic()
+    load_raw(engine, folder=write_raw(tmp_path / "raw"))
+    assert time.monotonic() - t0 < db.BUSY_TIMEOUT_MS / 1000 / 2
+    assert set(seen) == {"wal"}
+    assert reader.execute("SELECT COUNT(*) FROM appointments").fetchone() == (4,)
+    reader.close()
+
+
+LOAD_KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from clinic_lib import db, refresh
+    real_insert = refresh.bulk_insert
+    def insert_then_hang(conn, table, frame):
+        n = real_insert(conn, table, frame)
+        if table == "appointments":          # halfway: appointments written, payments not yet
+            Path(sys.argv[2]).write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+            time.sleep(600)
+        return n
+    refresh.bulk_insert = insert_then_hang
+    refresh.load_raw(db.make_engine(sys.argv[3]), folder=sys.argv[1])
+""")
+
+
+def test_sqlite_load_killed_midway_leaves_the_database_as_before(tmp_path, sqlite_url):
+    """SIGKILL while the rows are half written through the rollback journal: the next connection
+    rolls the hot journal back, and the database is as before, in WAL, ready for the load."""
+    engine = db.make_engine(sqlite_url)
+    migrate(engine)
+    before = db.content_hash(engine)
+    engine.dispose()
+    raw, marker = write_raw(tmp_path / "raw"), tmp_path / "halfway"
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_KILL_SCRIPT, str(raw), str(marker), sqlite_url])
+    try:
+        deadline = time.time() + 60
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None, "the load ended before reaching the halfway point"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker.read_text() == "delete"
+    path = sqlite_url.split("sqlite:///", 1)[1]
+    assert Path(path + "-journal").exists()  # the hot journal of the killed transaction
+    engine = db.make_engine(sqlite_url)
+    assert db.content_hash(engine) == before
+    assert rows(engine, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(engine, "PRAGMA journal_mode") == [("wal",)]
+    assert load_raw(engine, folder=raw) == 2 + len(HOURS) + 2 + 4 + 2
