@@ -29,9 +29,10 @@ def demo_data(scale: int, drop_days: int = 31, history_scale: int = 1) -> Path:
 def loaded_sqlite(scale: int, name: str = "clinic", history_scale: int = 1) -> tuple[str, Path]:
     """A SQLite copy of the demo at ``scale`` after the initial load (copied fresh each call)."""
     from clinic_lib import db
+    from clinic_lib.migrate import CURRENT_VERSION
     from clinic_lib.refresh import load_raw
     data = demo_data(scale, history_scale=history_scale)
-    master = CACHE / f"loaded-{scale}x-h{history_scale}-v2.db"
+    master = CACHE / f"loaded-{scale}x-h{history_scale}-schema{CURRENT_VERSION}.db"  # new schema: new load
     if not master.exists():
         engine = db.make_engine(f"sqlite:///{master}")
         load_raw(engine, folder=data / "raw")
