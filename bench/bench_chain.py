@@ -7,7 +7,6 @@ a 30-day backfill at 1x <= 3 min; the full chain at 20x <= 60 s.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import sys

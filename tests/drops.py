@@ -79,3 +79,24 @@ DAY_PAYMENTS = [pay(1, 1, "60.00", "2026-02-10T09:50:00+01:00")]
 
 def write_day_drop(data_dir: Path, day=DAY, appointments=DAY_APPOINTMENTS, payments=DAY_PAYMENTS, **kw) -> Path:
     return write_drop(Path(data_dir) / "daily" / day, appointments, payments, **kw)
+
+
+def kill_when_halfway(argv: list[str], marker: Path, timeout: float = 60) -> None:
+    """Run ``argv`` (a script that creates ``marker`` halfway through its transaction and then
+    hangs), SIGKILL it as soon as the marker appears, and wait for it to be gone."""
+    import os
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(argv, env=os.environ.copy())
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, "the script ended before reaching the halfway point"
+            assert time.time() < deadline, "the script did not reach the halfway point in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

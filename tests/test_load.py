@@ -6,10 +6,7 @@ database's own per-row guards are back after the load, whether it worked or not.
 """
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 import time
@@ -23,7 +20,7 @@ from clinic_lib import db
 from clinic_lib.dataset import DropError
 from clinic_lib.migrate import migrate
 from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
-from drops import HOURS, appt, pay, rows, write_drop
+from drops import HOURS, appt, kill_when_halfway, pay, rows, write_drop
 
 RAW_APPOINTMENTS = [
     appt(1, "2026-02-10T09:00:00+01:00", "2026-02-10T09:30:00+01:00"),
@@ -213,7 +210,9 @@ LOAD_KILL_SCRIPT = textwrap.dedent("""
     def insert_then_hang(conn, table, frame):
         n = real_insert(conn, table, frame)
         if table == "appointments":          # halfway: appointments written, payments not yet
-            Path(sys.argv[2]).write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+            halfway = Path(sys.argv[2])  # written aside, then renamed: never seen empty
+            halfway.with_suffix(".tmp").write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+            halfway.with_suffix(".tmp").rename(halfway)
             time.sleep(600)
         return n
     refresh.bulk_insert = insert_then_hang
@@ -229,18 +228,7 @@ def test_sqlite_load_killed_midway_leaves_the_database_as_before(tmp_path, sqlit
     before = db.content_hash(engine)
     engine.dispose()
     raw, marker = write_raw(tmp_path / "raw"), tmp_path / "halfway"
-    proc = subprocess.Popen([sys.executable, "-c", LOAD_KILL_SCRIPT, str(raw), str(marker), sqlite_url])
-    try:
-        deadline = time.time() + 60
-        while not marker.exists() or not marker.read_text():
-            assert proc.poll() is None, "the load ended before reaching the halfway point"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_halfway([sys.executable, "-c", LOAD_KILL_SCRIPT, str(raw), str(marker), sqlite_url], marker)
     assert marker.read_text() == "delete"
     path = sqlite_url.split("sqlite:///", 1)[1]
     assert Path(path + "-journal").exists()  # the hot journal of the killed transaction

@@ -1,19 +1,15 @@
 """refresh_day: exact replacement of a day, upsert of the rest, idempotence, bad drops lose nothing."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from clinic_lib import db
 from clinic_lib.dataset import DropError
 from clinic_lib.refresh import RefreshError, refresh_day
-from drops import (DAY, DAY_APPOINTMENTS, HOURS, appt, pay, rows,
+from drops import (DAY, DAY_APPOINTMENTS, HOURS, appt, kill_when_halfway, pay, rows,
                    write_day_drop, write_drop, write_table)
 
 
@@ -222,18 +218,7 @@ def test_sigkill_midway_leaves_database_as_before(clinic_env, monkeypatch, db_ur
     before = db.content_hash(engine)
     write_day_drop(data)
     marker = clinic_env / "halfway"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, DAY, str(marker)], env=os.environ.copy())
-    try:
-        deadline = time.time() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "refresh ended before reaching the halfway point"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_halfway([sys.executable, "-c", KILL_SCRIPT, DAY, str(marker)], marker)
     engine.dispose()
     engine = db.make_engine(db_url)
     assert db.content_hash(engine) == before
