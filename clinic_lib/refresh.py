@@ -309,8 +309,10 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                 raise DropError(str(folder), f"the database already holds {have} appointments; "
                                 "load into an empty database, or pass --replace to start over")
             if replace:
-                for table in ("reminders", "call_outcomes", "priorities", "risk_scores") + LOAD_ORDER[::-1]:
-                    conn.execute(db.metadata.tables[table].delete())
+                # the clinic's data and everything derived from it, children before parents
+                for table in reversed(db.metadata.sorted_tables):
+                    if table.name in LOAD_ORDER + db.DERIVED_TABLES:
+                        conn.execute(table.delete())
             _check_references(conn, tables)
             _check_payments_need_completed(tables)
             # Into empty tables it is faster to build the secondary indices once, after the rows;

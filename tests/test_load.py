@@ -82,9 +82,14 @@ def test_load_refuses_a_database_with_appointments_unless_replacing(clinic_env, 
         load_raw(engine, folder=write_raw(clinic_env / "raw2", appointments=RAW_APPOINTMENTS[:1],
                                           payments=RAW_PAYMENTS[:1]))
     assert db.content_hash(engine) == before
+    with db.begin_write(engine) as conn:  # a score derived from the old data: it goes with it
+        conn.execute(db.risk_scores.insert().values(day="2026-02-11", appointment_id=4, risk=0.4,
+                                                    risk_bucket="medium", model_version="m1",
+                                                    scored_at="2026-02-10T18:00:00+00:00"))
     load_raw(engine, folder=clinic_env / "raw2", replace=True)
     assert rows(engine, "SELECT appointment_id FROM appointments") == [(1,)]
     assert rows(engine, "SELECT payment_id FROM payments") == [(1,)]
+    assert rows(engine, "SELECT COUNT(*) FROM risk_scores") == [(0,)]
 
 
 def test_payment_for_an_appointment_not_completed_names_the_line(clinic_env, engine):
