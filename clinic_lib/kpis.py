@@ -16,8 +16,8 @@ Every KPI is for a *range* of clinic-local days ``start .. end`` (both included;
 
 Range queries select appointments through ``ix_appointments_local_date`` (a range on
 ``local_date``), payments through ``ix_payments_appointment_amount_paid``, and patients' other
-visits through ``ix_appointments_patient_start``; ``explain(...)`` shows the plan (a test checks it on SQLite).
-The outstanding snapshot reads the whole history once (see ``outstanding``). ``frames`` +
+visits through ``ix_appointments_patient_start``; ``explain(...)`` shows the plan (a test checks
+it on SQLite). The outstanding snapshot reads the whole history once (see ``outstanding``). ``frames`` +
 ``summary_from`` give the same KPIs from per-(day, physio) sums, so a dashboard can change the
 physio filter or pick a sub-range without querying again. Money is in integer cents.
 """
