@@ -366,6 +366,11 @@ def begin_bulk_write(engine: sa.Engine):
                 yield conn
         finally:
             try:
+                # files a bulk write attached (sqlite_ingest), which SQLite cannot detach in a
+                # transaction: the pooled connection gets back only its own
+                for _, name, _ in raw.execute("PRAGMA database_list").fetchall():
+                    if name not in ("main", "temp"):
+                        raw.execute(f'DETACH DATABASE "{name}"')
                 raw.execute("PRAGMA foreign_keys = ON")
                 raw.execute("PRAGMA threads = 0")
                 if journaled:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from . import db
+from . import db, sqlite_ingest
 from .config import get_settings
 from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, read_folder
 from .errors import UserError
@@ -323,11 +323,15 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
             sqlite = db.is_sqlite(conn)
             if sqlite:
                 conn.exec_driver_sql(f"DROP TRIGGER {SQLITE_PAYMENT_INSERT_TRIGGER[0]}")
-            for table in LOAD_ORDER:
-                frame = tables[table].sort_values(list(PRIMARY_KEYS[table]))
-                if table in VERSIONED_TABLES:
-                    frame = frame.assign(source_day=None)
-                written += bulk_insert(conn, table, frame)
+            # in primary-key order: each table's b-tree is then filled by appending
+            frames = {table: tables[table].sort_values(list(PRIMARY_KEYS[table])) for table in LOAD_ORDER}
+            if sqlite_ingest.database_file(conn) is not None:
+                written = sqlite_ingest.insert_frames(conn, frames)  # source_day stays NULL
+            else:
+                for table, frame in frames.items():
+                    if table in VERSIONED_TABLES:
+                        frame = frame.assign(source_day=None)
+                    written += bulk_insert(conn, table, frame)
             for ix in indexes:
                 ix.create(conn)
             if sqlite:  # after the indices: the checks scan them instead of the tables
@@ -341,5 +345,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
         if isinstance(exc, DropError):
             raise
         raise RefreshError(f"initial load: {message}; nothing was changed") from exc
+    finally:
+        sqlite_ingest.remove_scratch(engine)
     log_etl_run(engine, "load", None, started, "ok", tables.rows_read, written)
     return written

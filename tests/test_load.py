@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
+from clinic_lib import db, sqlite_ingest
 from clinic_lib.dataset import DropError
 from clinic_lib.migrate import migrate
 from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
@@ -55,6 +55,18 @@ def assert_guards_in_place(engine):
                                  "appt_end, booked_at, status, is_first_visit, local_date) VALUES (90, 77, 1, "
                                  "'2026-02-12T08:00:00+00:00', '2026-02-12T09:00:00+00:00', "
                                  "'2026-02-01T08:00:00+00:00', 'booked', 0, '2026-02-12')")
+
+
+def assert_no_scratch_left(engine):
+    """After a load on SQLite: no scratch file beside the database, none attached to the pooled
+    connection."""
+    database = sqlite_ingest.database_file(engine)
+    if database is None:
+        return
+    assert sorted(p.name for p in database.parent.iterdir() if ".load-scratch" in p.name) == []
+    with engine.connect() as conn:
+        attached = [name for _, name, _ in conn.exec_driver_sql("PRAGMA database_list")]
+    assert set(attached) <= {"main", "temp"}
 
 
 def test_load_writes_every_row_with_local_dates(clinic_env, engine):
@@ -112,8 +124,10 @@ def test_refusal_after_the_bulk_insert_began_restores_everything(clinic_env, eng
         load_raw(engine, folder=write_raw(clinic_env / "raw", hours=HOURS + HOURS[:1]))
     assert db.content_hash(engine) == before
     assert last_etl(engine)[:2] == ("load", "failed")
+    assert_no_scratch_left(engine)
     load_raw(engine, folder=write_raw(clinic_env / "raw2"))  # the refusal left nothing in the way
     assert_guards_in_place(engine)
+    assert_no_scratch_left(engine)
 
 
 def test_first_broken_rule_finds_rows_the_bulk_load_let_in(tmp_path, engine):
@@ -159,17 +173,74 @@ def test_bulk_insert_writes_every_row_in_statements_of_many(engine):
     assert got == [(i, f"Physio {i}", i % 2, None) for i in range(1, 1204)]
 
 
+# --- SQLite: rows through scratch files ---------------------------------------------------------
+
+def test_insert_frames_writes_what_bulk_insert_writes_value_for_value(tmp_path):
+    """The scratch-file path and the row-by-row path store the same values with the same SQLite
+    types: whole numbers, NULL numbers, text with quotes and non-ASCII, NULL text; columns the
+    frames lack (source_day) stay NULL."""
+    frames = {
+        "physios": pd.DataFrame({"physio_id": pd.array([1, 2], dtype="Int64"),
+                                 "full_name": ["Jörg O'Neill", "Ana, \"Ani\""], "active": [1, 0]}),
+        "patients": pd.DataFrame({
+            "patient_id": pd.array([5, 2**40], dtype="Int64"), "first_name": ["Zoë", "Li"],
+            "last_name": ["Ünal", "Wu"], "phone": [None, "+49 30 1234567"], "email": ["z@example.org", None],
+            "consent_form_received": [1, 0], "reminder_consent": [0, 1], "date_of_birth": ["1980-02-29", None],
+            "gender": [None, "X"], "created_at": ["2026-01-01T08:00:00+00:00"] * 2}),
+        "appointments": pd.DataFrame({
+            "appointment_id": pd.array([10, 11], dtype="Int64"), "patient_id": pd.array([5, 2**40], dtype="Int64"),
+            "physio_id": pd.array([1, None], dtype="Int64"),
+            "appt_start": ["2026-03-29T00:30:00+00:00", "2026-03-30T07:00:00+00:00"],
+            "appt_end": ["2026-03-29T01:30:00+00:00", "2026-03-30T07:45:00+00:00"],
+            "booked_at": ["2026-03-01T10:00:00+00:00"] * 2, "status": ["canceled", "booked"],
+            "canceled_at": ["2026-03-28T09:00:00+00:00", None],
+            "price_estimate_cents": pd.array([None, 6500], dtype="Int64"),
+            "is_first_visit": [1, 0], "local_date": ["2026-03-29", "2026-03-30"]}),
+    }
+    stored = []
+    for name, through_scratch in (("scratch.db", True), ("rows.db", False)):
+        engine = db.make_engine(f"sqlite:///{tmp_path / name}")
+        migrate(engine)
+        with db.begin_bulk_write(engine) as conn:
+            if through_scratch:
+                assert sqlite_ingest.insert_frames(conn, frames) == 6
+            else:
+                for table, frame in frames.items():
+                    bulk_insert(conn, table, frame.assign(source_day=None))  # every table here has one
+        sqlite_ingest.remove_scratch(engine)
+        with engine.connect() as conn:
+            stored.append({table: conn.exec_driver_sql(
+                f"SELECT * FROM {table} ORDER BY rowid").all() for table in frames}
+                | {f"{table} types": conn.exec_driver_sql(
+                    f"SELECT {', '.join(f'typeof({c})' for c in frame.columns)} FROM {table} ORDER BY rowid").all()
+                   for table, frame in frames.items()})
+        assert_no_scratch_left(engine)
+        engine.dispose()
+    assert stored[0] == stored[1]
+    assert stored[0]["appointments types"][1][2] == "null" and stored[0]["patients types"][1][0] == "integer"
+    assert stored[0]["appointments"][0][-1] is None  # source_day
+
+
+def test_sqlite_load_replaces_scratch_files_a_killed_load_left(tmp_path, sqlite_url):
+    engine = db.make_engine(sqlite_url)
+    database = sqlite_ingest.database_file(engine)
+    for table in ("appointments", "payments"):
+        sqlite_ingest.scratch_file(database, table).write_bytes(b"half a file from a killed load")
+    load_raw(engine, folder=write_raw(tmp_path / "raw"))
+    assert rows(engine, "SELECT COUNT(*) FROM appointments") == [(4,)]
+    assert_no_scratch_left(engine)
+
+
 # --- SQLite: the load's rollback journal ------------------------------------------------------
 
 def journal_modes_seen_while_inserting(monkeypatch) -> list[str]:
-    """Records the journal mode of the loading connection each time it inserts a table."""
-    from clinic_lib import refresh
-    seen, real = [], refresh.bulk_insert
+    """Records the journal mode of the loading connection when it inserts the rows."""
+    seen, real = [], sqlite_ingest.insert_frames
 
-    def recording(conn, table, frame):
+    def recording(conn, frames):
         seen.append(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
-        return real(conn, table, frame)
-    monkeypatch.setattr(refresh, "bulk_insert", recording)
+        return real(conn, frames)
+    monkeypatch.setattr(sqlite_ingest, "insert_frames", recording)
     return seen
 
 
@@ -210,17 +281,17 @@ def test_sqlite_load_beside_another_connection_stays_in_wal_without_waiting(tmp_
 LOAD_KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from clinic_lib import db, refresh
-    real_insert = refresh.bulk_insert
-    def insert_then_hang(conn, table, frame):
-        n = real_insert(conn, table, frame)
-        if table == "appointments":          # halfway: appointments written, payments not yet
-            halfway = Path(sys.argv[2])  # written aside, then renamed: never seen empty
-            halfway.with_suffix(".tmp").write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
-            halfway.with_suffix(".tmp").rename(halfway)
-            time.sleep(600)
+    from clinic_lib import db, refresh, sqlite_ingest
+    real_insert = sqlite_ingest.insert_frames
+    def insert_then_hang(conn, frames):
+        n = real_insert(conn, frames)
+        # halfway: every row written, the indices not built yet, nothing committed
+        halfway = Path(sys.argv[2])  # written aside, then renamed: never seen empty
+        halfway.with_suffix(".tmp").write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+        halfway.with_suffix(".tmp").rename(halfway)
+        time.sleep(600)
         return n
-    refresh.bulk_insert = insert_then_hang
+    sqlite_ingest.insert_frames = insert_then_hang
     refresh.load_raw(db.make_engine(sys.argv[3]), folder=sys.argv[1])
 """)
 
@@ -237,8 +308,10 @@ def test_sqlite_load_killed_midway_leaves_the_database_as_before(tmp_path, sqlit
     assert marker.read_text() == "delete"
     path = sqlite_url.split("sqlite:///", 1)[1]
     assert Path(path + "-journal").exists()  # the hot journal of the killed transaction
+    assert Path(path + ".load-scratch-appointments").exists()  # left behind; the next load removes it
     engine = db.make_engine(sqlite_url)
     assert db.content_hash(engine) == before
     assert rows(engine, "PRAGMA integrity_check") == [("ok",)]
     assert rows(engine, "PRAGMA journal_mode") == [("wal",)]
     assert load_raw(engine, folder=raw) == 2 + len(HOURS) + 2 + 4 + 2
+    assert_no_scratch_left(engine)
