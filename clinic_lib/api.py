@@ -237,6 +237,17 @@ class ListCache:
 
 # --- the app ----------------------------------------------------------------------------------------
 
+def _back_to_the_pool(conn, sqlite: bool) -> None:
+    """Return a connection that read in autocommit (Postgres) to the pool in the engine's usual
+    transactional mode, or drop it if that fails (a broken connection)."""
+    if not sqlite:
+        try:
+            conn.driver_connection.autocommit = False
+        except Exception:
+            conn.invalidate()
+    conn.close()
+
+
 def create_app(settings: Settings | None = None, engine: sa.Engine | None = None,
                cache: bool | None = None) -> Flask:
     """The Flask app (one pooled engine per app). Serve it with ``serve()`` (waitress).
@@ -340,6 +351,10 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         # A pooled DBAPI connection and one statement (its own snapshot); nothing is written.
         conn = engine.raw_connection()
         try:
+            if not sqlite:
+                # so that psycopg sends no BEGIN and the pool no ROLLBACK: two round trips, half
+                # of a request's time on Postgres (bench_api.py: 1.8 ms -> 0.9 ms per checkout)
+                conn.driver_connection.autocommit = True
             cursor = conn.cursor()
             generation = cache.check(conn, cursor) if cache else None
             body = cache.get(day, generation) if cache else None
@@ -353,7 +368,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
                     cache.put(day, generation, body)
             cursor.close()
         finally:
-            conn.close()
+            _back_to_the_pool(conn, sqlite)
         return Response(body, status=200, mimetype="application/json")
 
     @app.post("/appointments/<appointment_id>/call-outcome")

@@ -257,6 +257,31 @@ def test_server_error_is_json_without_trace(client, engine):
     assert b"Traceback" not in r.get_data() and b"priorities" not in r.get_data()
 
 
+def test_list_reads_give_the_pool_back_its_transactional_connections(client, engine):
+    """On Postgres the list is read in autocommit (no BEGIN / ROLLBACK round trips); every pooled
+    connection is back in the engine's transactional mode afterwards, after a failed read too, so
+    a later multi-row write is still one transaction."""
+    assert client.get("/priorities?day=2026-03-30", headers=AUTH).status_code == 200
+    with db.begin_write(engine) as conn:
+        conn.exec_driver_sql("ALTER TABLE priorities RENAME TO priorities_away")
+    assert client.get("/priorities?day=2026-03-30", headers=AUTH).status_code == 500
+    with db.begin_write(engine) as conn:
+        conn.exec_driver_sql("ALTER TABLE priorities_away RENAME TO priorities")
+    pooled = [engine.raw_connection() for _ in range(engine.pool.checkedin())]
+    assert pooled
+    if not db.is_sqlite(engine):
+        assert [c.driver_connection.autocommit for c in pooled] == [False] * len(pooled)
+    for c in pooled:
+        c.close()
+    before = _count(engine, "call_outcomes")
+    with pytest.raises(sa.exc.IntegrityError):  # the second row breaks a rule: the first goes too
+        with db.begin_write(engine) as conn:
+            conn.execute(db.call_outcomes.insert(), [
+                {"appointment_id": 101, "outcome": "reached", "recorded_at": "2026-03-29T10:00:00+00:00"},
+                {"appointment_id": 101, "outcome": "bogus", "recorded_at": "2026-03-29T10:01:00+00:00"}])
+    assert _count(engine, "call_outcomes") == before
+
+
 def test_health(client, clinic_env, monkeypatch):
     body = client.get("/health").get_json()
     assert body["status"] == "ok" and body["database"] == "reachable"
