@@ -300,6 +300,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
     folder = Path(folder) if folder else settings.raw_dir
     ensure_schema(engine)
     started = utc_now_text()
+    scratch = False  # set once this load, holding the write lock, writes scratch files: its own to remove
     try:
         tables = read_folder(folder, settings.clinic_tz, required=tuple(COLUMNS), optional=())
         written = 0
@@ -326,6 +327,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
             # in primary-key order: each table's b-tree is then filled by appending
             frames = {table: tables[table].sort_values(list(PRIMARY_KEYS[table])) for table in LOAD_ORDER}
             if sqlite_ingest.database_file(conn) is not None:
+                scratch = True
                 written = sqlite_ingest.insert_frames(conn, frames)  # source_day stays NULL
             else:
                 for table, frame in frames.items():
@@ -346,6 +348,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
             raise
         raise RefreshError(f"initial load: {message}; nothing was changed") from exc
     finally:
-        sqlite_ingest.remove_scratch(engine)
+        if scratch:
+            sqlite_ingest.remove_scratch(engine)
     log_etl_run(engine, "load", None, started, "ok", tables.rows_read, written)
     return written

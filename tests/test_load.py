@@ -231,6 +231,18 @@ def test_sqlite_load_replaces_scratch_files_a_killed_load_left(tmp_path, sqlite_
     assert_no_scratch_left(engine)
 
 
+def test_a_refused_load_leaves_the_scratch_files_of_the_load_it_waited_for(tmp_path, sqlite_url):
+    """Only a load that holds the write lock writes or removes scratch files: one refused before
+    (here: the database already holds appointments) must not delete those of a load in progress."""
+    engine = db.make_engine(sqlite_url)
+    load_raw(engine, folder=write_raw(tmp_path / "raw"))
+    in_progress = sqlite_ingest.scratch_file(sqlite_ingest.database_file(engine), "appointments")
+    in_progress.write_bytes(b"another load's rows")
+    with pytest.raises(DropError, match="already holds 4 appointments"):
+        load_raw(engine, folder=write_raw(tmp_path / "raw2"))
+    assert in_progress.read_bytes() == b"another load's rows"
+
+
 # --- SQLite: the load's rollback journal ------------------------------------------------------
 
 def journal_modes_seen_while_inserting(monkeypatch) -> list[str]:
