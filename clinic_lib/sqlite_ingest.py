@@ -104,5 +104,7 @@ def remove_scratch(engine: sa.Engine) -> None:
     """Delete the scratch files of ``engine``'s database, if any (after the transaction)."""
     database = database_file(engine)
     if database is not None:
-        for path in database.parent.glob(f"{database.name}{SCRATCH_SUFFIX}-*"):
-            path.unlink(missing_ok=True)
+        prefix = f"{database.name}{SCRATCH_SUFFIX}-"  # not a glob: the name may hold [ or *
+        for path in database.parent.iterdir():
+            if path.name.startswith(prefix):
+                path.unlink(missing_ok=True)
