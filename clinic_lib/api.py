@@ -199,8 +199,12 @@ class ListCache:
 
     def bump(self) -> None:
         with self.lock:
-            self.generation += 1
-            self.entries.clear()
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        """A change: a new generation, no entries (the caller holds the lock)."""
+        self.generation += 1
+        self.entries.clear()
 
     def check(self, conn, cursor) -> int:
         raise NotImplementedError
@@ -242,18 +246,17 @@ class SQLiteListCache(ListCache):
         with self.lock:
             if conn.info.get("clinic_data_version") != version:
                 conn.info["clinic_data_version"] = version
-                self.generation += 1
-                self.entries.clear()
+                self._invalidate()
             return self.generation
 
 
 class PostgresListCache(ListCache):
     """Keyed on Postgres' current snapshot (``pg_current_snapshot()``: the next transaction id and
     the ids of the writing transactions still open). A snapshot equal as text sees exactly the same
-    finished transactions, so the same data; any transaction that writes, in this process or
-    another, changes it when it starts and again when it ends. Writes to other databases of the
-    same server change it too: an entry is dropped for nothing, never served stale. One round trip
-    instead of the list's query (Postgres 13 or newer)."""
+    finished transactions, so the same data; the commit of any transaction that wrote, in this
+    process or another, changes it. Writes to other databases of the same server change it too:
+    an entry is dropped for nothing, never served stale. One round trip instead of the list's
+    query (Postgres 13 or newer)."""
 
     def __init__(self):
         super().__init__()
@@ -265,8 +268,7 @@ class PostgresListCache(ListCache):
         with self.lock:
             if snapshot != self.snapshot:
                 self.snapshot = snapshot
-                self.generation += 1
-                self.entries.clear()
+                self._invalidate()
             return self.generation
 
 
