@@ -238,12 +238,11 @@ def load_state(settings=None) -> State:
     """Open the configured database; a missing, unreachable or empty one gives a message."""
     settings = settings or get_settings()
     url = settings.database_url
-    if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:" and not Path(path).exists():
-            return State(message=f"No database yet at <code>{html.escape(path)}</code>. Create the demo "
-                                 "clinic with <code>make demo</code>, or load your data with "
-                                 "<code>clinic load</code>, then reload this page.")
+    path = db.sqlite_file(url)
+    if path and not path.exists():
+        return State(message=f"No database yet at <code>{html.escape(str(path))}</code>. Create the demo "
+                             "clinic with <code>make demo</code>, or load your data with "
+                             "<code>clinic load</code>, then reload this page.")
     try:
         engine = db.cached_engine(url)
         with engine.connect() as conn:

@@ -13,6 +13,7 @@ import hashlib
 import sqlite3
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -397,6 +398,16 @@ def _rollback_journal_if_alone(raw) -> bool:
     return True
 
 
+def sqlite_file(target) -> Path | None:
+    """The database file of a SQLite URL, engine or connection; None for Postgres and in-memory
+    SQLite (``sqlite://``, ``:memory:``, ``file:`` URIs)."""
+    url = sa.engine.make_url(target) if isinstance(target, str) else getattr(target, "engine", target).url
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
 def make_engine(url: str | None = None) -> sa.Engine:
     """An engine for ``url`` (default: the configured DATABASE_URL).
 
@@ -404,10 +415,9 @@ def make_engine(url: str | None = None) -> sa.Engine:
     """
     url = url or get_settings().database_url
     if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            from pathlib import Path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling would start transactions late; take control so

@@ -326,7 +326,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                 conn.exec_driver_sql(f"DROP TRIGGER {SQLITE_PAYMENT_INSERT_TRIGGER[0]}")
             # in primary-key order: each table's b-tree is then filled by appending
             frames = {table: tables[table].sort_values(list(PRIMARY_KEYS[table])) for table in LOAD_ORDER}
-            if sqlite_ingest.database_file(conn) is not None:
+            if db.sqlite_file(conn) is not None:
                 scratch = True
                 written = sqlite_ingest.insert_frames(conn, frames)  # source_day stays NULL
             else:

@@ -29,17 +29,6 @@ SCRATCH_SUFFIX = ".load-scratch"
 SCRATCH_SCHEMA = "load_scratch"
 
 
-def database_file(engine_or_conn) -> Path | None:
-    """The SQLite file of an engine or connection, or None for Postgres and in-memory databases."""
-    if not db.is_sqlite(engine_or_conn):
-        return None
-    engine = getattr(engine_or_conn, "engine", engine_or_conn)
-    name = engine.url.database
-    if not name or name == ":memory:" or name.startswith("file:"):
-        return None
-    return Path(name).resolve()
-
-
 def scratch_file(database: Path, table: str) -> Path:
     return database.with_name(f"{database.name}{SCRATCH_SUFFIX}-{table}")
 
@@ -80,7 +69,7 @@ def insert_frames(conn: sa.Connection, frames: dict[str, pd.DataFrame]) -> int:
     One scratch file per table, written by a second thread: while SQLite copies one table in,
     ADBC writes the next (both release the GIL), and no file is ever open in both libraries.
     """
-    database = database_file(conn)
+    database = db.sqlite_file(conn)
     if database is None:
         raise ValueError("insert_frames needs a SQLite database file")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-writer")
@@ -102,7 +91,7 @@ def insert_frames(conn: sa.Connection, frames: dict[str, pd.DataFrame]) -> int:
 
 def remove_scratch(engine: sa.Engine) -> None:
     """Delete the scratch files of ``engine``'s database, if any (after the transaction)."""
-    database = database_file(engine)
+    database = db.sqlite_file(engine)
     if database is not None:
         prefix = f"{database.name}{SCRATCH_SUFFIX}-"  # not a glob: the name may hold [ or *
         for path in database.parent.iterdir():

@@ -1295,7 +1295,7 @@ def validate_db(engine: sa.Engine | None = None, record: bool = True, full: bool
                 finally:
                     conn.rollback()  # read-only: nothing to commit
 
-        n_workers = workers or (2 if sqlite and engine.url.database not in (None, "", ":memory:") else 1)
+        n_workers = workers or (2 if db.sqlite_file(engine) else 1)
         if n_workers > 1:
             # sqlite3 releases the GIL while a query runs: independent checks use both cores
             with ThreadPoolExecutor(max_workers=n_workers) as pool:

@@ -60,10 +60,10 @@ def assert_guards_in_place(engine):
 def assert_no_scratch_left(engine):
     """After a load on SQLite: no scratch file beside the database, none attached to the pooled
     connection."""
-    database = sqlite_ingest.database_file(engine)
+    database = db.sqlite_file(engine)
     if database is None:
         return
-    assert sorted(p.name for p in database.parent.iterdir() if ".load-scratch" in p.name) == []
+    assert sorted(p.name for p in database.parent.iterdir() if sqlite_ingest.SCRATCH_SUFFIX in p.name) == []
     with engine.connect() as conn:
         attached = [name for _, name, _ in conn.exec_driver_sql("PRAGMA database_list")]
     assert set(attached) <= {"main", "temp"}
@@ -223,7 +223,7 @@ def test_insert_frames_writes_what_bulk_insert_writes_value_for_value(tmp_path):
 
 def test_sqlite_load_replaces_scratch_files_a_killed_load_left(tmp_path, sqlite_url):
     engine = db.make_engine(sqlite_url)
-    database = sqlite_ingest.database_file(engine)
+    database = db.sqlite_file(engine)
     for table in ("appointments", "payments"):
         sqlite_ingest.scratch_file(database, table).write_bytes(b"half a file from a killed load")
     load_raw(engine, folder=write_raw(tmp_path / "raw"))
@@ -236,7 +236,7 @@ def test_a_refused_load_leaves_the_scratch_files_of_the_load_it_waited_for(tmp_p
     (here: the database already holds appointments) must not delete those of a load in progress."""
     engine = db.make_engine(sqlite_url)
     load_raw(engine, folder=write_raw(tmp_path / "raw"))
-    in_progress = sqlite_ingest.scratch_file(sqlite_ingest.database_file(engine), "appointments")
+    in_progress = sqlite_ingest.scratch_file(db.sqlite_file(engine), "appointments")
     in_progress.write_bytes(b"another load's rows")
     with pytest.raises(DropError, match="already holds 4 appointments"):
         load_raw(engine, folder=write_raw(tmp_path / "raw2"))
