@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .errors import CannotRun
 
@@ -69,26 +70,42 @@ def _day_texts(days: np.ndarray) -> np.ndarray:
 _CLOCK_UTC: np.ndarray | None = None
 
 
-def _clock_texts_utc() -> np.ndarray:
-    """'THH:MM:SS+00:00' for each second of a day, built once (86,400 short strings)."""
+def _clock_bytes_utc() -> np.ndarray:
+    """b'THH:MM:SS+00:00' for each second of a day as rows of a (86400, 15) byte table, built once."""
     global _CLOCK_UTC
     if _CLOCK_UTC is None:
-        _CLOCK_UTC = np.array([f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}+00:00" for s in range(86400)],
-                              dtype=object)
+        text = "".join(f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}+00:00" for s in range(86400))
+        _CLOCK_UTC = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(86400, 15)
     return _CLOCK_UTC
 
 
-def series_to_utc_text(utc: pd.Series) -> pd.Series:
-    """A tz-aware UTC datetime Series -> stored text (NaT -> None); instants are whole seconds."""
-    # Day part and clock part looked up in tables instead of formatting every value: 10x faster
-    # than numpy's datetime_as_string on the 20x demo's 0.8M appointments.
+def utc_text_array(utc: pd.Series) -> pa.Array:
+    """A tz-aware UTC datetime Series -> stored text as an Arrow string array (NaT -> null);
+    instants are whole seconds."""
+    # Each value's 25 bytes are copied from two tables, its day (one row per day of the span)
+    # and its second of the day: no per-value formatting or Python string. 3x faster than
+    # building Python strings for the 20x demo's 0.8M appointments, and the initial load hands
+    # the Arrow array to SQLite as it is.
     seconds = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
     missing = np.isnat(seconds)
     whole = np.where(missing, 0, seconds.astype(np.int64))
     days, clock = np.divmod(whole, 86400)
-    text = _day_texts(days) + _clock_texts_utc()[clock]
-    text[missing] = None
-    return pd.Series(text, index=utc.index, dtype=object)
+    first, last = (int(days[~missing].min()), int(days[~missing].max())) if not missing.all() else (0, 0)
+    span = np.datetime_as_string(np.arange(first, last + 1).astype("datetime64[D]"), unit="D")
+    if len(span) and len(span[0]) != 10:  # a year before 1 or after 9999: not worth a table
+        raise ValueError(f"instant outside the years 0001-9999: {span[0]} .. {span[-1]}")
+    day_bytes = np.frombuffer("".join(span).encode("ascii"), dtype=np.uint8).reshape(len(span), 10)
+    text = np.empty((len(whole), 25), dtype=np.uint8)
+    text[:, :10] = day_bytes[np.where(missing, 0, days - first)]
+    text[:, 10:] = _clock_bytes_utc()[clock]
+    valid = pa.array(~missing).buffers()[1] if missing.any() else None
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(25), len(whole), [valid, pa.py_buffer(text)])
+    return fixed.cast(pa.string())
+
+
+def series_to_utc_text(utc: pd.Series) -> pd.Series:
+    """A tz-aware UTC datetime Series -> stored text (NaT -> None); instants are whole seconds."""
+    return pd.Series(utc_text_array(utc).to_numpy(zero_copy_only=False), index=utc.index, dtype=object)
 
 
 def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
