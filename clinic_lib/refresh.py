@@ -14,6 +14,7 @@ import datetime as dt
 import sqlite3
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 
 from . import db, sqlite_ingest
 from .config import get_settings
-from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, read_folder
+from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from .errors import UserError
 from .migrate import SQLITE_PAYMENT_INSERT_TRIGGER, ensure_schema
 from .timeutil import parse_day, utc_now_text
@@ -289,6 +290,19 @@ def first_broken_rule(conn: sa.Connection) -> str | None:
     return None
 
 
+def _in_key_order(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in primary-key order (each table's b-tree is then filled by appending); the index
+    still says each row's place in its file."""
+    key = list(PRIMARY_KEYS[table])
+    if len(key) == 1 and frame[key[0]].is_monotonic_increasing:
+        return frame  # as files usually are: no copy
+    return frame.sort_values(key)
+
+
+def _read_in_key_order(folder: Path, table: str, tz) -> pd.DataFrame:
+    return _in_key_order(table, read_table(folder, table, tz))
+
+
 def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replace: bool = False) -> int:
     """Initial load of ``data/raw/`` (all five files) into an empty database, in one transaction.
 
@@ -298,12 +312,16 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
     settings = get_settings()
     engine = engine or db.make_engine()
     folder = Path(folder) if folder else settings.raw_dir
+    tz = settings.clinic_tz
     ensure_schema(engine)
     started = utc_now_text()
     scratch = False  # set once this load, holding the write lock, writes scratch files: its own to remove
     try:
-        tables = read_folder(folder, settings.clinic_tz, required=tuple(COLUMNS), optional=())
-        written = 0
+        check_folder(folder)
+        # Into a SQLite file each file is read and checked on a second thread while SQLite
+        # copies the one before into the database (sqlite_ingest); elsewhere all of them first.
+        into_file = db.sqlite_file(engine) is not None
+        tables = None if into_file else read_folder(folder, tz, required=tuple(COLUMNS), optional=())
         with db.begin_bulk_write(engine) as conn:
             have = conn.execute(sa.select(sa.func.count()).select_from(db.appointments)).scalar()
             if have and not replace:
@@ -314,28 +332,40 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                 for table in reversed(db.metadata.sorted_tables):
                     if table.name in LOAD_ORDER + db.DERIVED_TABLES:
                         conn.execute(table.delete())
-            _check_references(conn, tables)
-            _check_payments_need_completed(tables)
             # Into empty tables it is faster to build the secondary indices once, after the rows;
             # on SQLite the payment trigger (a lookup per row) likewise gives way to one check.
-            indexes = [ix for name in LOAD_ORDER for ix in db.metadata.tables[name].indexes]
-            for ix in indexes:
-                ix.drop(conn)
+            for name in LOAD_ORDER:
+                for ix in db.metadata.tables[name].indexes:
+                    ix.drop(conn)
             sqlite = db.is_sqlite(conn)
             if sqlite:
                 conn.exec_driver_sql(f"DROP TRIGGER {SQLITE_PAYMENT_INSERT_TRIGGER[0]}")
-            # in primary-key order: each table's b-tree is then filled by appending
-            frames = {table: tables[table].sort_values(list(PRIMARY_KEYS[table])) for table in LOAD_ORDER}
-            if db.sqlite_file(conn) is not None:
+
+            def build_indexes(table: str) -> None:
+                for ix in db.metadata.tables[table].indexes:
+                    ix.create(conn)
+
+            if into_file:
                 scratch = True
-                written = sqlite_ingest.insert_frames(conn, frames)  # source_day stays NULL
+                # a table's indices are built while the next file is read (source_day stays NULL)
+                frames = sqlite_ingest.insert_frames(
+                    conn, {table: partial(_read_in_key_order, folder, table, tz) for table in LOAD_ORDER},
+                    after_each=build_indexes)
+                # back in file order: the checks below name lines by position
+                tables = Tables({table: frame.sort_index() for table, frame in frames.items()},
+                                rows_read=sum(len(frame) for frame in frames.values()))
+                _check_references(conn, tables)
+                _check_payments_need_completed(tables)
             else:
-                for table, frame in frames.items():
+                _check_references(conn, tables)
+                _check_payments_need_completed(tables)
+                for table in LOAD_ORDER:
+                    frame = _in_key_order(table, tables[table])
                     if table in VERSIONED_TABLES:
                         frame = frame.assign(source_day=None)
-                    written += bulk_insert(conn, table, frame)
-            for ix in indexes:
-                ix.create(conn)
+                    bulk_insert(conn, table, frame)
+                    build_indexes(table)
+            written = sum(len(tables[table]) for table in LOAD_ORDER)
             if sqlite:  # after the indices: the checks scan them instead of the tables
                 broken = first_broken_rule(conn)
                 if broken:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Union
 
 import pandas as pd
 import pyarrow as pa
@@ -27,6 +28,7 @@ from . import db
 
 SCRATCH_SUFFIX = ".load-scratch"
 SCRATCH_SCHEMA = "load_scratch"
+FrameOrMaker = Union[pd.DataFrame, Callable[[], pd.DataFrame]]
 
 
 def scratch_file(database: Path, table: str) -> Path:
@@ -44,10 +46,13 @@ def _arrow_table(table: str, frame: pd.DataFrame) -> pa.Table:
     return pa.table({c.name: _arrow_column(frame[c.name], c) for c in columns})
 
 
-def _write_scratch(path: Path, table: str, frame: pd.DataFrame) -> list[str]:
-    """The frame as a plain table (no rules) of a new SQLite file; returns its columns."""
+def _write_scratch(path: Path, table: str, frame: FrameOrMaker) -> tuple[pd.DataFrame, list[str]]:
+    """The frame (made here, if given as a function) as a plain table (no rules) of a new
+    SQLite file; returns the frame and its columns."""
     import adbc_driver_sqlite.dbapi as adbc  # imported here: only the initial load needs it
 
+    if callable(frame):
+        frame = frame()
     path.unlink(missing_ok=True)  # left by a load that was killed
     data = _arrow_table(table, frame)
     with adbc.connect(str(path), autocommit=True) as scratch:
@@ -56,37 +61,46 @@ def _write_scratch(path: Path, table: str, frame: pd.DataFrame) -> list[str]:
             cur.execute("PRAGMA journal_mode = OFF")
             cur.execute("PRAGMA synchronous = OFF")
             cur.adbc_ingest(table, data, mode="create")
-    return data.column_names
+    return frame, data.column_names
 
 
-def insert_frames(conn: sa.Connection, frames: dict[str, pd.DataFrame]) -> int:
+def insert_frames(conn: sa.Connection, frames: dict[str, FrameOrMaker],
+                  after_each: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """Insert every frame's rows into its table of the SQLite file of ``conn``, in the order
     given and in the order of the rows, inside the caller's transaction; columns a frame lacks
     stay NULL. The scratch tables have no rules: the clinic's table checks every row as it is
     copied in (its CHECKs; foreign keys and triggers as the caller has set them).
-    Returns the number of rows.
+    ``after_each(table)`` runs on the caller's connection once a table is in (to build its
+    indices, say). Returns the frames.
 
     One scratch file per table, written by a second thread: while SQLite copies one table in,
     ADBC writes the next (both release the GIL), and no file is ever open in both libraries.
+    A frame given as a function is made on that thread too, so reading and checking the next
+    file also runs beside SQLite's work; its errors reach the caller when that table's turn
+    comes, in the order given.
     """
     database = db.sqlite_file(conn)
     if database is None:
         raise ValueError("insert_frames needs a SQLite database file")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-writer")
+    done = {}
     try:
         written = {table: writer.submit(_write_scratch, scratch_file(database, table), table, frame)
                    for table, frame in frames.items()}
-        for table, columns in written.items():
+        for table, future in written.items():
             schema = f"{SCRATCH_SCHEMA}_{table}"
-            listed = ", ".join(columns.result())  # the writer has closed this file
+            done[table], columns = future.result()  # the writer has closed this file
+            listed = ", ".join(columns)
             # SQLite cannot detach inside a transaction: db.begin_bulk_write detaches after it
             # ends, and the caller then removes the files (remove_scratch)
             conn.exec_driver_sql(f"ATTACH DATABASE ? AS {schema}", (str(scratch_file(database, table)),))
             conn.exec_driver_sql(f"INSERT INTO main.{table} ({listed}) "
                                  f"SELECT {listed} FROM {schema}.{table} ORDER BY rowid")
+            if after_each is not None:
+                after_each(table)
     finally:
         writer.shutdown(wait=True, cancel_futures=True)  # after a refusal: write no more files
-    return sum(len(frame) for frame in frames.values())
+    return done
 
 
 def remove_scratch(engine: sa.Engine) -> None:

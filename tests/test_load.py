@@ -116,6 +116,25 @@ def test_payment_for_an_appointment_not_completed_names_the_line(clinic_env, eng
     assert_guards_in_place(engine)
 
 
+def test_files_out_of_id_order_load_and_errors_name_the_line_of_the_file(clinic_env, engine):
+    """The load writes rows in id order; an error still names the line as the file has it."""
+    before = db.content_hash(engine)
+    stranger = appt(9, "2026-02-12T09:00:00+01:00", "2026-02-12T09:30:00+01:00", patient_id=77)
+    with pytest.raises(DropError, match=r"^appointments\.csv line 2 column patient_id: refers to a patient "):
+        load_raw(engine, folder=write_raw(clinic_env / "raw", appointments=[stranger] + RAW_APPOINTMENTS[::-1]))
+    for_canceled = pay(3, 4, "60.00", "2026-02-10T19:00:00+01:00")  # 4 was canceled
+    with pytest.raises(DropError, match=r"^payments\.csv line 2 column appointment_id: a payment needs"):
+        load_raw(engine, folder=write_raw(clinic_env / "raw2", appointments=RAW_APPOINTMENTS[::-1],
+                                          payments=[for_canceled] + RAW_PAYMENTS[::-1]))
+    assert db.content_hash(engine) == before
+    load_raw(engine, folder=write_raw(clinic_env / "raw3", appointments=RAW_APPOINTMENTS[::-1],
+                                      payments=RAW_PAYMENTS[::-1]))
+    assert rows(engine, "SELECT appointment_id, status FROM appointments ORDER BY appointment_id") == [
+        (1, "completed"), (2, "no_show"), (3, "completed"), (4, "canceled")]
+    assert rows(engine, "SELECT payment_id, appointment_id FROM payments ORDER BY payment_id") == [(1, 1), (2, 3)]
+    assert_no_scratch_left(engine)
+
+
 def test_refusal_after_the_bulk_insert_began_restores_everything(clinic_env, engine):
     """A row only the database refuses (a roster block listed twice: primary key) fails the load
     after the payment trigger was set aside: the rollback brings the trigger back as well."""
@@ -203,7 +222,13 @@ def test_insert_frames_writes_what_bulk_insert_writes_value_for_value(tmp_path):
         migrate(engine)
         with db.begin_bulk_write(engine) as conn:
             if through_scratch:
-                assert sqlite_ingest.insert_frames(conn, frames) == 6
+                # a frame may come as the function that makes it (called on the writer thread)
+                given = {table: (lambda frame=frame: frame) if table == "appointments" else frame
+                         for table, frame in frames.items()}
+                indexed = []
+                written = sqlite_ingest.insert_frames(conn, given, after_each=indexed.append)
+                assert indexed == list(frames)  # after each table, in the order given
+                assert {t: len(f) for t, f in written.items()} == {"physios": 2, "patients": 2, "appointments": 2}
             else:
                 for table, frame in frames.items():
                     bulk_insert(conn, table, frame.assign(source_day=None))  # every table here has one
@@ -249,9 +274,9 @@ def journal_modes_seen_while_inserting(monkeypatch) -> list[str]:
     """Records the journal mode of the loading connection when it inserts the rows."""
     seen, real = [], sqlite_ingest.insert_frames
 
-    def recording(conn, frames):
+    def recording(conn, frames, **kwargs):
         seen.append(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
-        return real(conn, frames)
+        return real(conn, frames, **kwargs)
     monkeypatch.setattr(sqlite_ingest, "insert_frames", recording)
     return seen
 
@@ -295,9 +320,9 @@ LOAD_KILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from clinic_lib import db, refresh, sqlite_ingest
     real_insert = sqlite_ingest.insert_frames
-    def insert_then_hang(conn, frames):
-        n = real_insert(conn, frames)
-        # halfway: every row written, the indices not built yet, nothing committed
+    def insert_then_hang(conn, frames, **kwargs):
+        n = real_insert(conn, frames, **kwargs)
+        # halfway: every row written and indexed, nothing checked or committed
         halfway = Path(sys.argv[2])  # written aside, then renamed: never seen empty
         halfway.with_suffix(".tmp").write_text(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
         halfway.with_suffix(".tmp").rename(halfway)
