@@ -286,7 +286,7 @@ def test_sqlite_load_alone_uses_a_rollback_journal_then_wal_again(tmp_path, sqli
     seen = journal_modes_seen_while_inserting(monkeypatch)
     load_raw(engine, folder=write_raw(tmp_path / "raw"))
     assert set(seen) == {"delete"}
-    path = sqlite_url.split("sqlite:///", 1)[1]
+    path = str(db.sqlite_file(sqlite_url))
     plain = sqlite3.connect(path)  # no pragmas of ours: what the file itself says
     assert plain.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     plain.close()
@@ -304,7 +304,7 @@ def test_sqlite_load_beside_another_connection_stays_in_wal_without_waiting(tmp_
     goes through the WAL as before, at once (it does not wait out the 30 s busy timeout)."""
     engine = db.make_engine(sqlite_url)
     migrate(engine)
-    reader = sqlite3.connect(sqlite_url.split("sqlite:///", 1)[1], isolation_level=None)  # e.g. the
+    reader = sqlite3.connect(str(db.sqlite_file(sqlite_url)), isolation_level=None)  # e.g. the
     assert reader.execute("SELECT COUNT(*) FROM appointments").fetchone() == (0,)    # dashboard, idle
     seen = journal_modes_seen_while_inserting(monkeypatch)
     t0 = time.monotonic()
@@ -343,7 +343,7 @@ def test_sqlite_load_killed_midway_leaves_the_database_as_before(tmp_path, sqlit
     raw, marker = write_raw(tmp_path / "raw"), tmp_path / "halfway"
     kill_when_halfway([sys.executable, "-c", LOAD_KILL_SCRIPT, str(raw), str(marker), sqlite_url], marker)
     assert marker.read_text() == "delete"
-    path = sqlite_url.split("sqlite:///", 1)[1]
+    path = str(db.sqlite_file(sqlite_url))
     assert Path(path + "-journal").exists()  # the hot journal of the killed transaction
     assert Path(path + ".load-scratch-appointments").exists()  # left behind; the next load removes it
     engine = db.make_engine(sqlite_url)

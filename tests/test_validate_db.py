@@ -148,7 +148,7 @@ def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
     migrate(engine)
     load_raw(engine, folder=Path(__file__).resolve().parent / "bad_drops" / "base")
     import sqlite3
-    raw = sqlite3.connect(sqlite_url.split("sqlite:///", 1)[1])
+    raw = sqlite3.connect(str(db.sqlite_file(sqlite_url)))
     raw.execute("PRAGMA foreign_keys = OFF")
     raw.execute("DROP TRIGGER trg_payments_need_completed_insert")
     raw.execute("INSERT INTO appointments VALUES (300, 77, 1, '2026-03-26T08:00:00+00:00', "
