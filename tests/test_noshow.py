@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
+from clinic_lib import db, sqlite_ingest
 from clinic_lib.cli import main as cli_main
 from clinic_lib.errors import CannotRun, UserError
 from clinic_lib.noshow import import_noshow, patient_ids
@@ -62,6 +62,8 @@ def test_import_sample(sao_paulo, db_url):
     raw = pd.read_csv(SAMPLE, dtype=str).set_index("AppointmentID")
     assert all(str(a.loc[i, "local_date"]) == raw.loc[str(i), "AppointmentDay"][:10] for i in a.index)
     engine.dispose()
+    if db.sqlite_file(db_url):  # the rows went through scratch files: none is left
+        assert [f.name for f in db.sqlite_file(db_url).parent.iterdir() if sqlite_ingest.SCRATCH_SUFFIX in f.name] == []
 
 
 def test_refuses_a_non_empty_database(sao_paulo, db_url):
