@@ -277,10 +277,14 @@ def first_broken_rule(conn: sa.Connection) -> str | None:
         for fk in table.foreign_keys:
             if fk.column.table.name not in LOAD_ORDER:
                 continue
-            orphan = conn.execute(sa.select(key, fk.parent).where(
-                fk.parent.is_not(None), ~sa.exists().where(fk.column == fk.parent)).limit(1)).first()
-            if orphan:
-                return (f"{table.name} row {key.name}={orphan[0]}: {fk.parent.name} {orphan[1]} "
+            # the distinct values first (an index-only scan), then one probe each: for the
+            # appointments' 0.8M patient and physio ids, 0.06 s instead of 0.24-0.30 s
+            values = sa.select(fk.parent.label("value")).where(fk.parent.is_not(None)).distinct().subquery()
+            missing = conn.execute(sa.select(values.c.value).where(
+                ~sa.exists().where(fk.column == values.c.value)).limit(1)).first()
+            if missing:
+                row = conn.execute(sa.select(key).where(fk.parent == missing[0]).order_by(key).limit(1)).scalar()
+                return (f"{table.name} row {key.name}={row}: {fk.parent.name} {missing[0]} "
                         f"is not in {fk.column.table.name}")
     a, p = db.appointments, db.payments
     unpaid = conn.execute(sa.select(p.c.payment_id).where(~sa.exists().where(
