@@ -92,7 +92,7 @@ def utc_text_array(utc: pd.Series) -> pa.Array:
     days, clock = np.divmod(whole, 86400)
     first, last = (int(days[~missing].min()), int(days[~missing].max())) if not missing.all() else (0, 0)
     span = np.datetime_as_string(np.arange(first, last + 1).astype("datetime64[D]"), unit="D")
-    if len(span) and len(span[0]) != 10:  # a year before 1 or after 9999: not worth a table
+    if len(span[0]) != 10 or len(span[-1]) != 10:  # a year before 1 or after 9999
         raise ValueError(f"instant outside the years 0001-9999: {span[0]} .. {span[-1]}")
     day_bytes = np.frombuffer("".join(span).encode("ascii"), dtype=np.uint8).reshape(len(span), 10)
     text = np.empty((len(whole), 25), dtype=np.uint8)

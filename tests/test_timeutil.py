@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from clinic_lib.timeutil import series_local_date, series_to_utc_text, to_utc_text
+from clinic_lib.timeutil import series_local_date, series_to_utc_text, to_utc_text, utc_text_array
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -37,3 +37,12 @@ def test_utc_text_equals_python_formatting_for_random_instants():
     expected_day = [dt.datetime.fromtimestamp(int(s), BERLIN).date().isoformat() for s in seconds]
     assert series_to_utc_text(instants).tolist() == expected_text
     assert series_local_date(instants, BERLIN).tolist() == expected_day
+
+
+def test_utc_text_of_missing_and_empty_columns():
+    """A column with gaps first and last, one with nothing but gaps, and an empty one."""
+    gaps = pd.Series(pd.to_datetime([None, "2026-03-29T01:00:00Z", None], utc=True), index=[7, 8, 9])
+    assert series_to_utc_text(gaps).to_dict() == {7: None, 8: "2026-03-29T01:00:00+00:00", 9: None}
+    assert utc_text_array(gaps).to_pylist() == [None, "2026-03-29T01:00:00+00:00", None]
+    assert series_to_utc_text(pd.Series(pd.to_datetime([None, None], utc=True))).tolist() == [None, None]
+    assert series_to_utc_text(pd.Series(pd.to_datetime([], utc=True))).tolist() == []
