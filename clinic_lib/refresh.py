@@ -265,6 +265,12 @@ def _check_payments_need_completed(tables: Tables) -> None:
                         line=pos + 2, column="appointment_id", value=pays["appointment_id"].iloc[pos])
 
 
+def _check_across_files(conn: sa.Connection, tables: Tables) -> None:
+    """The rules between the files of a load, named by file and line (DropError)."""
+    _check_references(conn, tables)
+    _check_payments_need_completed(tables)
+
+
 def first_broken_rule(conn: sa.Connection) -> str | None:
     """The first row breaking a rule the bulk load does not check row by row, or None.
 
@@ -358,11 +364,9 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                 # back in file order: the checks below name lines by position
                 tables = Tables({table: frame.sort_index() for table, frame in frames.items()},
                                 rows_read=sum(len(frame) for frame in frames.values()))
-                _check_references(conn, tables)
-                _check_payments_need_completed(tables)
+                _check_across_files(conn, tables)
             else:
-                _check_references(conn, tables)
-                _check_payments_need_completed(tables)
+                _check_across_files(conn, tables)  # before the rows: Postgres checks keys per row
                 for table in LOAD_ORDER:
                     frame = _in_key_order(table, tables[table])
                     if table in VERSIONED_TABLES:
