@@ -39,6 +39,20 @@ def test_utc_text_equals_python_formatting_for_random_instants():
     assert series_local_date(instants, BERLIN).tolist() == expected_day
 
 
+def test_utc_text_the_same_whether_values_outnumber_the_days_of_their_span_or_not():
+    """Many values in one year (a table row per day of the span) and a few over 90 years (a row
+    per day present), both with gaps: the same text as Python's formatting."""
+    rng = np.random.default_rng(11)
+    dense = rng.integers(1_767_225_600, 1_798_761_600, 20_000)  # 2026 only: 365 days, 20,000 values
+    sparse = np.array([-2_000_000_000, 0, 1_774_746_000, 4_000_000_000])  # 1906, 1970, 2026, 2096
+    for seconds in (dense, sparse):
+        instants = pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
+        instants.iloc[[1, -1]] = pd.NaT
+        expected = [to_utc_text(dt.datetime.fromtimestamp(int(s), dt.timezone.utc)) for s in seconds]
+        expected[1] = expected[-1] = None
+        assert utc_text_array(instants).to_pylist() == expected
+
+
 def test_utc_text_of_missing_and_empty_columns():
     """A column with gaps first and last, one with nothing but gaps, and an empty one."""
     gaps = pd.Series(pd.to_datetime([None, "2026-03-29T01:00:00Z", None], utc=True), index=[7, 8, 9])
