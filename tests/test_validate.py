@@ -2,6 +2,7 @@
 (whatever the bytes, a report or a clear UserError, and the database unchanged)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from clinic_lib import db, validate
+from clinic_lib.checks import DROP
 from clinic_lib.cli import main
 from clinic_lib.errors import UserError
 from clinic_lib.refresh import load_raw
@@ -196,3 +198,36 @@ def test_fuzz_the_csv_reader(tmp_path_factory, data):
         parse_table("payments", read_csv_text(path), ZoneInfo("Europe/Berlin"))
     except UserError:
         pass
+
+
+def _both_readers(text: str):
+    report = validate.Report(DROP, dt.date(2026, 3, 30))
+    plain = validate._plain_records(text)
+    header, header_line, records, lines = validate._csv_records(text, "x.csv", report)
+    return plain, (header, header_line, records, list(lines)), report
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("a,b\n1,2\n3,4\n", True),
+    ("a,b\r\n1,2\r\n3,4", True),          # Windows line ends, no final line break
+    ("a,b\n1, 2 \n,\n", True),             # spaces and empty fields are values
+    ("a,b\n1,2\n\n3,4\n", False),          # a blank line: the csv reader skips it and counts it
+    ("a,b\n\"1,5\",2\n", False),           # quoted
+    ("a,b\n1,2,3\n", False),               # a row longer than the header
+    ("a,b\n1,2\r3,4\n", False),            # a lone carriage return
+])
+def test_plain_reader_reads_what_the_csv_reader_reads(text, plain):
+    fast, general, report = _both_readers(text)
+    assert (fast is not None) == plain
+    if plain:
+        assert (fast[0], fast[1], fast[2], list(fast[3])) == general and not report.failed
+
+
+@FUZZ
+@given(table=st.sampled_from(sorted(CLEAN)), edits=EDITS)
+def test_fuzz_plain_reader_agrees_with_the_csv_reader(table, edits):
+    text = _mutate(CLEAN[table], edits).decode("utf-8", errors="replace")
+    fast, general, report = _both_readers(text)
+    if fast is not None:
+        assert (fast[0], fast[1], fast[2], list(fast[3])) == general
+        assert not report.failed
