@@ -60,7 +60,7 @@ def utc_now_text() -> str:
     return dt.datetime.now(UTC).strftime(ISO_FORMAT)
 
 
-def _day_texts(days: np.ndarray) -> np.ndarray:
+def day_texts(days: np.ndarray) -> np.ndarray:
     """'YYYY-MM-DD' (object array) for integer days since 1970-01-01: each distinct day is
     formatted once, because a column of 0.8M instants covers only a few hundred days."""
     codes, unique = pd.factorize(days)
@@ -120,7 +120,7 @@ def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
     """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants (NaT -> None)."""
     local = utc.dt.tz_convert(tz).dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
     missing = np.isnat(local)
-    text = _day_texts(np.where(missing, 0, local.astype(np.int64)))
+    text = day_texts(np.where(missing, 0, local.astype(np.int64)))
     text[missing] = None
     return pd.Series(text, index=utc.index, dtype=object)
 

@@ -43,7 +43,7 @@ from .config import get_settings
 from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN
 from .refresh import VERSIONED_TABLES, newer_in_database
 from .errors import CannotRun, UserError
-from .timeutil import ISO_FORMAT, local_day_bounds_utc, parse_day, utc_now_text
+from .timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, utc_now_text, utc_text_array
 
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES
@@ -575,12 +575,13 @@ def _ts(frame, col) -> pd.Series:
     return _instants(frame[col])
 
 
-_SLICES = {ISO_FORMAT: (0, 19, "+00:00"), "%Y-%m-%d": (0, 10, ""), "%H:%M": (11, 16, "")}
+_HOURS_MINUTES = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(1440)], dtype=object)
 
 
 def _strftime(ts: pd.Series, fmt: str) -> pd.Series:
-    """``ts.dt.strftime(fmt)`` (NaT -> NaN) for the formats of ``_SLICES``, formatted by numpy
-    (pandas formats row by row); values with fractions of a second take pandas' path."""
+    """``ts.dt.strftime(fmt)`` (NaT -> NaN) for ``ISO_FORMAT`` (of UTC instants), ``%Y-%m-%d`` and
+    ``%H:%M``, built from tables (each date once, each minute from a list) as the load does;
+    values with fractions of a second or outside the years 1000-9999 take pandas' path."""
     wall = (ts.dt.tz_localize(None) if ts.dt.tz is not None else ts).to_numpy()
     nat = np.isnat(wall)
     unit = np.datetime_data(wall.dtype)[0]
@@ -589,9 +590,13 @@ def _strftime(ts: pd.Series, fmt: str) -> pd.Series:
     years = valid.astype("datetime64[Y]").astype("int64") + 1970
     if per_second is None or (valid.view("int64") % per_second).any() or (years < 1000).any() or (years > 9999).any():
         return ts.dt.strftime(fmt).astype(object)
-    lo, hi, suffix = _SLICES[fmt]
-    text = np.datetime_as_string(wall.astype("datetime64[s]"), unit="s").tolist()
-    out = np.array([t[lo:hi] + suffix for t in text], dtype=object)
+    if fmt == ISO_FORMAT:
+        if str(ts.dt.tz) != "UTC":
+            raise ValueError("ISO_FORMAT text is for UTC instants")
+        out = np.array(utc_text_array(ts).to_pylist(), dtype=object)
+    else:
+        days, seconds = np.divmod(np.where(nat, 0, wall.astype("datetime64[s]").astype("int64")), 86400)
+        out = day_texts(days) if fmt == "%Y-%m-%d" else _HOURS_MINUTES[seconds // 60]
     out[nat] = np.nan
     return pd.Series(out, index=ts.index, dtype=object)
 

@@ -231,3 +231,18 @@ def test_fuzz_plain_reader_agrees_with_the_csv_reader(table, edits):
     if fast is not None:
         assert (fast[0], fast[1], fast[2], list(fast[3])) == general
         assert not report.failed
+
+
+@pytest.mark.parametrize("fmt, tz", [(validate.ISO_FORMAT, "UTC"), ("%Y-%m-%d", "Europe/Berlin"), ("%H:%M", "Europe/Berlin"),
+                                     ("%H:%M", "America/Santiago")])
+def test_table_formatting_gives_what_pandas_strftime_gives(fmt, tz):
+    """5,000 random instants 1906-2096 with gaps, and one with a fraction of a second (pandas' path)."""
+    import numpy as np
+    import pandas as pd
+    seconds = np.random.default_rng(3).integers(-2_000_000_000, 4_000_000_000, 5000)
+    instants = pd.Series(pd.to_datetime(seconds, unit="s", utc=True)).dt.tz_convert(tz)
+    instants.iloc[[0, 99, -1]] = pd.NaT
+    with_fraction = pd.concat([instants, pd.Series(pd.to_datetime(["2026-03-29T01:59:59.5Z"], utc=True)).dt.tz_convert(tz)])
+    for ts in (instants, with_fraction):
+        expected = [v if isinstance(v, str) else None for v in ts.dt.strftime(fmt)]
+        assert [v if isinstance(v, str) else None for v in validate._strftime(ts, fmt)] == expected
