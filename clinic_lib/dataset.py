@@ -57,7 +57,7 @@ OFFSET_PATTERN = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 # parse in 2.0 s instead of 4.5-5.0 s). A column with any other value, or any value Arrow refuses
 # (a 30th of February), goes the general way below, which reads the same values to the same
 # result and names the first bad one (tests/test_dataset.py).
-_PLAIN_INSTANT = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)$"
+PLAIN_INSTANT = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)$"
 _PLAIN_ID = r"^\d{1,18}$"
 _PLAIN_EUROS = r"^\d{1,12}(?:\.\d{1,2})?$"
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -164,9 +164,13 @@ def check_columns(table: str, frame: pd.DataFrame, file: str) -> None:
 
 
 def _plain_column(frame, column, pattern, required, kind) -> pd.Series | None:
+    return plain_values(frame[column], pattern, required, kind)
+
+
+def plain_values(column: pd.Series, pattern: str, required: bool, kind: pa.DataType) -> pd.Series | None:
     """The column converted by Arrow to ``kind`` if every value matches ``pattern`` (or is
     empty, where allowed: missing then); None when any value does not or Arrow refuses one."""
-    text = pa.array(frame[column])  # the column as read (pyarrow's reader): no copy
+    text = pa.array(column)  # the column as read (pyarrow's reader): no copy
     if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
         return None
     plain = pc.match_substring_regex(text, pattern)
@@ -181,7 +185,8 @@ def _plain_column(frame, column, pattern, required, kind) -> pd.Series | None:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     # whole numbers stay exact (Int64), not floats with NaN for the missing
-    return pd.Series(values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=frame.index)
+    converted = values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return pd.Series(converted.array, index=column.index)  # the values in order, whatever the index
 
 
 def _ids(frame, column, file, required=True) -> pd.Series:
@@ -201,7 +206,7 @@ def _ids(frame, column, file, required=True) -> pd.Series:
 
 
 def _instants(frame, column, file, required=True) -> pd.Series:
-    plain = _plain_column(frame, column, _PLAIN_INSTANT, required, pa.timestamp("s", tz="UTC"))
+    plain = _plain_column(frame, column, PLAIN_INSTANT, required, pa.timestamp("s", tz="UTC"))
     if plain is not None:
         return plain.astype("datetime64[us, UTC]")  # the unit pandas 3 reads ISO text in
     return _instants_any_form(frame, column, file, required)

@@ -32,7 +32,7 @@ def column(name: str, values: list[str]) -> pd.DataFrame:
 ])
 def test_a_column_in_plain_form_reads_as_the_general_way_reads_it(reader, name, plain, other_form, required):
     assert dataset._plain_column(column(name, [other_form]), name, {
-        dataset._instants: dataset._PLAIN_INSTANT, dataset._ids: dataset._PLAIN_ID,
+        dataset._instants: dataset.PLAIN_INSTANT, dataset._ids: dataset._PLAIN_ID,
         dataset._cents: dataset._PLAIN_EUROS}[reader], required, "string") is None  # not plain
     quick = reader(column(name, plain), name, "x.csv", required=required)
     general = reader(column(name, plain + [other_form]), name, "x.csv", required=required)

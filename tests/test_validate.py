@@ -246,3 +246,41 @@ def test_table_formatting_gives_what_pandas_strftime_gives(fmt, tz):
     for ts in (instants, with_fraction):
         expected = [v if isinstance(v, str) else None for v in ts.dt.strftime(fmt)]
         assert [v if isinstance(v, str) else None for v in validate._strftime(ts, fmt)] == expected
+
+
+@pytest.mark.parametrize("kind, values, plain", [
+    ("pk", ["1", "007", "999999999999999"], True),
+    ("pk", ["1", "9999999999999999"], False),            # 16 digits: may pass 2**53, checked the general way
+    ("id", ["1", "12.5"], False),
+    ("id", ["1", ""], False),                            # required
+    ("id_opt", ["1", ""], True),
+    ("ts", ["2026-03-29T01:59:59+01:00", "2026-03-29T03:00:00+02:00", "2026-01-01T00:00:00Z"], True),
+    ("ts", ["2026-02-30T09:00:00+01:00"], False),        # Arrow refuses the 30th of February
+    ("ts", ["2026-03-30T09:00:00"], False),              # no offset
+    ("ts", ["2026-03-30T09:00:00+02:00", ""], False),    # required
+    ("ts_opt", ["2026-03-30T09:00:00+02:00", ""], True),
+    ("price", ["45.00", "", "999999999999.99"], True),
+    ("price", ["1000000000000"], False),                 # 1e12: not an amount
+    ("amount", ["0.05", " 1.00"], False),                # a space: the general way strips it
+    ("flag", ["0", "1"], False),                         # kinds without a plain form
+])
+def test_a_column_passes_in_plain_form_only_where_every_check_passes(kind, values, plain):
+    import pandas as pd
+    column = pd.Series(values, index=range(2, len(values) + 2), dtype=object).astype(str)
+    validate._MEMO.d = {}
+    try:
+        assert validate._passes_in_plain_form(kind, column) == plain
+        every_check = all(bool(fn(column).all()) for _, fn in validate.KINDS[kind])
+        assert every_check or not plain
+    finally:
+        validate._MEMO.d = None
+
+
+def test_plain_values_keep_the_columns_index():
+    """Frames of a drop are indexed by CSV line: the converted values stay with their lines."""
+    import pandas as pd
+    import pyarrow as pa
+    from clinic_lib.dataset import plain_values
+    column = pd.Series(["7", "", "9"], index=[2, 3, 4], dtype=object).astype(str)
+    values = plain_values(column, r"^\d+$", False, pa.int64())
+    assert list(values.index) == [2, 3, 4] and values[2] == 7 and values[4] == 9 and pd.isna(values[3])
