@@ -450,24 +450,33 @@ SPEC = {
 
 # --- reading the files of a drop ------------------------------------------------------------------
 
-def _plain_records(text: str):
-    """The usual export (nothing quoted, no blank line, every row as long as the header) split
-    without the csv module's per-record loop: (header, 1, records, lines), or None for any other
-    file, which ``_csv_records`` reads (3,142 appointments: 4 ms instead of 25 ms)."""
+def _plain_columns(text: str):
+    """The usual export (nothing quoted, no blank line, every row as long as the header) read by
+    Arrow's CSV reader: (header, 1, one Arrow array per header field, the data rows' lines), or
+    None for any other file, which ``_csv_records`` reads record by record (the 20x drop's four
+    files: ~8 ms instead of ~45 ms)."""
+    import pyarrow.csv as pacsv
+
     if '"' in text or "\x00" in text:
         return None
     if "\r" in text:
         if text.count("\r") != text.count("\r\n"):
-            return None
+            return None  # a lone carriage return ends a record for the csv module
         text = text.replace("\r\n", "\n")
-    rows = text.split("\n")
-    if rows[-1] == "":
-        rows.pop()  # the file's last line break
-    fields = rows[0].count(",")
-    if any(row.count(",") != fields or not row.strip() for row in rows):
-        return None
-    records = [row.split(",") for row in rows[1:]]
-    return rows[0].split(","), 1, records, range(2, len(records) + 2)
+    if text.startswith("\n") or "\n\n" in text:
+        return None  # blank lines: the csv module skips them, and counts them
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            read_options=pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False),
+            parse_options=pacsv.ParseOptions(quote_char=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={f"f{i}": pa.string() for i in range(text.split("\n", 1)[0].count(",") + 1)},
+                                                 strings_can_be_null=False))
+    except pa.ArrowInvalid:
+        return None  # a row longer or shorter than the header
+    header = [table.column(i)[0].as_py() for i in range(table.num_columns)]
+    data = table.slice(1)
+    return header, 1, [data.column(i).combine_chunks() for i in range(data.num_columns)], range(2, data.num_rows + 2)
 
 
 def _csv_records(text: str, name: str, report: Report):
@@ -515,7 +524,8 @@ def _read_file(path: Path, table: str, report: Report) -> pd.DataFrame | None:
         report.add("file.encoding", [{"file": name, "line": data[:exc.start].count(b"\n") + 1,
                                       "byte_offset": exc.start, "value": f"0x{data[exc.start]:02x}"}])
         return None
-    header, header_line, records, lines = _plain_records(text) or _csv_records(text, name, report)
+    plain = _plain_columns(text)
+    header, header_line, records, lines = plain or _csv_records(text, name, report)
     if header is None:
         report.add("file.empty", [{"file": name, "bytes": len(data)}])
         return None
@@ -534,6 +544,10 @@ def _read_file(path: Path, table: str, report: Report) -> pd.DataFrame | None:
         report.add("columns.extra", [{"file": name, "line": header_line, "column": c,
                                       "expected": ",".join(expected)} for c in extra])
     n = len(header)
+    if plain is not None:  # every row complete; "records" are the columns
+        index = pd.Index(lines, name="line", dtype="int64")
+        cols = {c: pd.Series(records[i].to_pandas().array, index=index) for c, i in position.items()}
+        return pd.DataFrame(cols, index=index)
     good, good_lines = [], []
     for record, line in zip(records, lines):
         if len(record) < n:
