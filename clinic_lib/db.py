@@ -336,13 +336,19 @@ def begin_write(engine: sa.Engine):
     return engine.execution_options(write=True).begin()
 
 
+# conn.info key: the scratch files a bulk write's connection wrote (sqlite_ingest), removed at its end
+SCRATCH_FILES = "bulk_write_scratch_files"
+
+
 @contextmanager
-def begin_bulk_write(engine: sa.Engine):
+def begin_bulk_write(engine: sa.Engine, check_foreign_keys: bool = False):
     """``begin_write`` for loading many rows at once (one commit).
 
-    On SQLite the connection does not check foreign keys row by row (the caller checks them
-    once for all rows before it commits: ``refresh.first_broken_rule``) and sorts for index
-    builds on two threads; afterwards the connection gets its usual settings back.
+    On SQLite the connection does not check foreign keys row by row unless asked to (the caller
+    checks them once for all rows before it commits: ``refresh.first_broken_rule``) and sorts for
+    index builds on two threads; afterwards the connection gets its usual settings back, and the
+    scratch files ``sqlite_ingest.insert_frames`` attached to it are detached (SQLite cannot
+    detach inside a transaction) and deleted, committed or not.
 
     When no other connection has the file open, the transaction also goes through a rollback
     journal instead of the WAL: the WAL writes every new page twice (to the log, then into the
@@ -359,16 +365,17 @@ def begin_bulk_write(engine: sa.Engine):
         raw = conn.connection.driver_connection
         # PRAGMA foreign_keys and journal_mode are no-ops or errors inside a transaction: set
         # before BEGIN, put back after the end of it
-        raw.execute("PRAGMA foreign_keys = OFF")
+        if not check_foreign_keys:
+            raw.execute("PRAGMA foreign_keys = OFF")
         raw.execute("PRAGMA threads = 2")
         journaled = _rollback_journal_if_alone(raw)
+        conn.info[SCRATCH_FILES] = []
         try:
             with conn.execution_options(write=True).begin():
                 yield conn
         finally:
             try:
-                # files a bulk write attached (sqlite_ingest), which SQLite cannot detach in a
-                # transaction: the pooled connection gets back only its own
+                # the pooled connection gets back only its own files
                 for _, name, _ in raw.execute("PRAGMA database_list").fetchall():
                     if name not in ("main", "temp"):
                         raw.execute(f'DETACH DATABASE "{name}"')
@@ -380,6 +387,9 @@ def begin_bulk_write(engine: sa.Engine):
             except Exception:
                 # never back to the pool without foreign keys; the next connection sets WAL again
                 conn.invalidate()
+            finally:
+                for path in conn.info.pop(SCRATCH_FILES, []):
+                    path.unlink(missing_ok=True)
 
 
 def _rollback_journal_if_alone(raw) -> bool:

@@ -325,7 +325,6 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
     tz = settings.clinic_tz
     ensure_schema(engine)
     started = utc_now_text()
-    scratch = False  # set once this load, holding the write lock, writes scratch files: its own to remove
     try:
         check_folder(folder)
         # Into a SQLite file each file is read and checked on a second thread while SQLite
@@ -356,7 +355,6 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                     ix.create(conn)
 
             if into_file:
-                scratch = True
                 # a table's indices are built while the next file is read (source_day stays NULL)
                 frames = sqlite_ingest.insert_frames(
                     conn, {table: partial(_read_in_key_order, folder, table, tz) for table in LOAD_ORDER},
@@ -385,8 +383,5 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
         if isinstance(exc, DropError):
             raise
         raise RefreshError(f"initial load: {message}; nothing was changed") from exc
-    finally:
-        if scratch:
-            sqlite_ingest.remove_scratch(engine)
     log_etl_run(engine, "load", None, started, "ok", tables.rows_read, written)
     return written

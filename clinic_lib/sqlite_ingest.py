@@ -6,10 +6,11 @@ of the load's 7.4-7.6 s. The ADBC SQLite driver (Apache Arrow's database connect
 Arrow columns in C: the same rows go into scratch files in 1.0-1.2 s, on a second thread while
 SQLite copies the previous table in with ``INSERT ... SELECT``; 2.0 s in all.
 
-The copies run on the caller's connection, inside the caller's transaction, so the load is still
-one transaction with the schema's CHECKs; the scratch files are only ever read. They hold
-patient data, so they live beside the database (in the private ``data/`` folder) and are
-deleted when the load ends, or replaced by the next load if a crash left them behind.
+The copies run on the caller's connection, inside the caller's transaction (``db.begin_bulk_write``),
+so the load is still one transaction with the schema's CHECKs; the scratch files are only ever
+read. They hold patient data, so they live beside the database (in the private ``data/`` folder);
+``begin_bulk_write`` deletes them when the transaction ends, and a bulk write deletes any that a
+killed one left behind before it writes its own.
 
 Two SQLite libraries (ADBC's and Python's) must never have the same file open at once: the ADBC
 connection is closed before its file is attached, and never sees the clinic's file.
@@ -53,7 +54,6 @@ def _write_scratch(path: Path, table: str, frame: FrameOrMaker) -> tuple[pd.Data
 
     if callable(frame):
         frame = frame()
-    path.unlink(missing_ok=True)  # left by a load that was killed
     data = _arrow_table(table, frame)
     with adbc.connect(str(path), autocommit=True) as scratch:
         with scratch.cursor() as cur:
@@ -82,17 +82,21 @@ def insert_frames(conn: sa.Connection, frames: dict[str, FrameOrMaker],
     database = db.sqlite_file(conn)
     if database is None:
         raise ValueError("insert_frames needs a SQLite database file")
+    scratch = conn.info.get(db.SCRATCH_FILES)
+    if scratch is None:
+        raise ValueError("insert_frames runs inside db.begin_bulk_write, which removes its scratch files")
+    _remove_leftovers(database)  # of a write that was killed: this one holds the write lock
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-writer")
     done = {}
     try:
-        written = {table: writer.submit(_write_scratch, scratch_file(database, table), table, frame)
-                   for table, frame in frames.items()}
+        written = {}
+        for table, frame in frames.items():
+            scratch.append(scratch_file(database, table))
+            written[table] = writer.submit(_write_scratch, scratch[-1], table, frame)
         for table, future in written.items():
             schema = f"{SCRATCH_SCHEMA}_{table}"
             done[table], columns = future.result()  # the writer has closed this file
             listed = ", ".join(columns)
-            # SQLite cannot detach inside a transaction: db.begin_bulk_write detaches after it
-            # ends, and the caller then removes the files (remove_scratch)
             conn.exec_driver_sql(f"ATTACH DATABASE ? AS {schema}", (str(scratch_file(database, table)),))
             conn.exec_driver_sql(f"INSERT INTO main.{table} ({listed}) "
                                  f"SELECT {listed} FROM {schema}.{table} ORDER BY rowid")
@@ -103,11 +107,9 @@ def insert_frames(conn: sa.Connection, frames: dict[str, FrameOrMaker],
     return done
 
 
-def remove_scratch(engine: sa.Engine) -> None:
-    """Delete the scratch files of ``engine``'s database, if any (after the transaction)."""
-    database = db.sqlite_file(engine)
-    if database is not None:
-        prefix = f"{database.name}{SCRATCH_SUFFIX}-"  # not a glob: the name may hold [ or *
-        for path in database.parent.iterdir():
-            if path.name.startswith(prefix):
-                path.unlink(missing_ok=True)
+def _remove_leftovers(database: Path) -> None:
+    """Delete the scratch files beside ``database`` that a killed bulk write left behind."""
+    prefix = f"{database.name}{SCRATCH_SUFFIX}-"  # not a glob: the name may hold [ or *
+    for path in database.parent.iterdir():
+        if path.name.startswith(prefix):
+            path.unlink(missing_ok=True)

@@ -232,7 +232,6 @@ def test_insert_frames_writes_what_bulk_insert_writes_value_for_value(tmp_path):
             else:
                 for table, frame in frames.items():
                     bulk_insert(conn, table, frame.assign(source_day=None))  # every table here has one
-        sqlite_ingest.remove_scratch(engine)
         with engine.connect() as conn:
             stored.append({table: conn.exec_driver_sql(
                 f"SELECT * FROM {table} ORDER BY rowid").all() for table in frames}
@@ -244,6 +243,24 @@ def test_insert_frames_writes_what_bulk_insert_writes_value_for_value(tmp_path):
     assert stored[0] == stored[1]
     assert stored[0]["appointments types"][1][2] == "null" and stored[0]["patients types"][1][0] == "integer"
     assert stored[0]["appointments"][0][-1] is None  # source_day
+
+
+def test_insert_frames_runs_only_inside_a_bulk_write(tmp_path, sqlite_url):
+    """begin_bulk_write owns the scratch files (it detaches and deletes them when its transaction
+    ends): elsewhere insert_frames refuses before writing any."""
+    engine = db.make_engine(sqlite_url)
+    migrate(engine)
+    physios = pd.DataFrame({"physio_id": pd.array([1], dtype="Int64"), "full_name": ["Anna"], "active": [1]})
+    with db.begin_write(engine) as conn, pytest.raises(ValueError, match="inside db.begin_bulk_write"):
+        sqlite_ingest.insert_frames(conn, {"physios": physios})
+    assert_no_scratch_left(engine)
+    with db.begin_bulk_write(engine, check_foreign_keys=True) as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        sqlite_ingest.insert_frames(conn, {"physios": physios})
+        assert sqlite_ingest.scratch_file(db.sqlite_file(engine), "physios").exists()
+    assert rows(engine, "SELECT physio_id, full_name FROM physios") == [(1, "Anna")]
+    assert_no_scratch_left(engine)
+    engine.dispose()
 
 
 def test_sqlite_load_replaces_scratch_files_a_killed_load_left(tmp_path, sqlite_url):
