@@ -5,7 +5,6 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import joblib
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa

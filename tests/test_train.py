@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import sklearn
 import sqlalchemy as sa
-from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 
 from clinic_lib import db, features as F, train as T
