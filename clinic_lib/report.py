@@ -7,7 +7,8 @@ writes ``run_dir/report.html`` with nbconvert's HTML exporter. Code is left out 
 The page needs no network: the template ``clinic_report`` (``clinic_lib/share/nbconvert``) is
 nbconvert's ``lab`` template without require.js, MathJax and mermaid from CDNs, and images are
 embedded as data URIs. Rich outputs that need JavaScript of their own (ipywidgets, plotly's JSON
-output) show their text or image fallback, so step notebooks should show tables and static images.
+output) show their text or image fallback, so step notebooks should show tables and static images;
+an image's alternative text (``train.show_figure`` sets it) becomes its ``alt``.
 """
 from __future__ import annotations
 

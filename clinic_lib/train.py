@@ -396,6 +396,17 @@ def permutation_importances(result: TrainResult, n_repeats: int = 3, max_rows: i
 
 # --- figures for the notebook -------------------------------------------------------------------
 
+def show_figure(fig) -> None:
+    """Show a matplotlib figure in the notebook with its axes' titles as the image's alternative
+    text (the run report writes it as the ``alt`` of the image), and close it, so that the
+    inline backend does not show it a second time."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    alt = "; ".join(ax.get_title() for ax in fig.axes if ax.get_title()) or "figure"
+    display(fig, metadata={"image/png": {"alt": alt}})
+    plt.close(fig)
+
+
 def plot_curves(result: TrainResult):
     """ROC and precision-recall curves of the model and the prior-history baseline (validation)."""
     import matplotlib.pyplot as plt

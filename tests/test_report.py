@@ -30,7 +30,11 @@ def test_report_has_each_step_in_run_order_without_code(tmp_path):
         # a tiny PNG made without matplotlib: a 1x1 pixel
         "import base64\nfrom IPython.display import Image, display\n"
         "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
-        "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))"])
+        "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))",
+        # a matplotlib figure through train.show_figure: its titles become the image's alt text
+        "%matplotlib inline\nimport matplotlib.pyplot as plt\nfrom clinic_lib.train import show_figure\n"
+        "fig, (a, b) = plt.subplots(1, 2)\na.set_title('ROC <validation>')\nb.set_title('Calibration')\n"
+        "show_figure(fig)"])
     (run / "state.json").write_text(json.dumps({"steps": {"validate": {"status": "ok", "seconds": 1.5},
                                                            "refresh": {"status": "ok", "seconds": 2.0}}}))
     assert [p.name for p in step_notebooks(run)] == ["01_validate.ipynb", "02_refresh.ipynb"]
@@ -46,6 +50,8 @@ def test_report_has_each_step_in_run_order_without_code(tmp_path):
     assert "Step notes in <strong>markdown</strong>" in text
     assert "secret_code_marker" not in text          # outputs only, no code
     assert "data:image/png;base64," in text          # images embedded
+    assert text.count("<img ") == 2                  # the figure once, not again at the cell's end
+    assert 'alt="ROC &lt;validation&gt;; Calibration"' in text
     assert "01_validate — ok" in text                # status from state.json
     # Offline: no script, stylesheet or image is fetched from another address.
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:)?//', text)
