@@ -1052,7 +1052,7 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
         # per appointment: at 20x both checks take 25 ms, where copying the database's rows of
         # those dates into a temporary table, indexing and probing it took 110-120 ms). The
         # database's rows that the refresh replaces (day D's, and those in the drop) are left out.
-        active = "('booked', 'completed', 'no_show')"
+        active = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"
         day_start, day_end = _instant_param(conn, "day_start"), _instant_param(conn, "day_end")
         for check_id, col in (("overlap.physio", "physio_id"), ("overlap.patient", "patient_id")):
             pair = f"""x.line, x.appointment_id, x.{col}, x.appt_start, x.appt_end,
