@@ -163,10 +163,6 @@ def check_columns(table: str, frame: pd.DataFrame, file: str) -> None:
         raise DropError(file, f"unexpected column(s) {', '.join(map(str, extra))}; expected {', '.join(expected)}")
 
 
-def _plain_column(frame, column, pattern, required, kind) -> pd.Series | None:
-    return plain_values(frame[column], pattern, required, kind)
-
-
 def plain_values(column: pd.Series, pattern: str, required: bool, kind: pa.DataType) -> pd.Series | None:
     """The column converted by Arrow to ``kind`` if every value matches ``pattern`` (or is
     empty, where allowed: missing then); None when any value does not or Arrow refuses one."""
@@ -190,7 +186,7 @@ def plain_values(column: pd.Series, pattern: str, required: bool, kind: pa.DataT
 
 
 def _ids(frame, column, file, required=True) -> pd.Series:
-    plain = _plain_column(frame, column, _PLAIN_ID, required, pa.int64())
+    plain = plain_values(frame[column], _PLAIN_ID, required, pa.int64())
     if plain is not None:
         return plain
     text = frame[column].str.strip()
@@ -206,7 +202,7 @@ def _ids(frame, column, file, required=True) -> pd.Series:
 
 
 def _instants(frame, column, file, required=True) -> pd.Series:
-    plain = _plain_column(frame, column, PLAIN_INSTANT, required, pa.timestamp("s", tz="UTC"))
+    plain = plain_values(frame[column], PLAIN_INSTANT, required, pa.timestamp("s", tz="UTC"))
     if plain is not None:
         return plain.astype("datetime64[us, UTC]")  # the unit pandas 3 reads ISO text in
     return _instants_any_form(frame, column, file, required)
@@ -240,7 +236,7 @@ def _flags(frame, column, file) -> pd.Series:
 
 
 def _cents(frame, column, file, required=True) -> pd.Series:
-    values = _plain_column(frame, column, _PLAIN_EUROS, required, pa.float64())
+    values = plain_values(frame[column], _PLAIN_EUROS, required, pa.float64())
     if values is not None:
         return (values * 100).round().astype("Int64")
     text = frame[column].str.strip()

@@ -44,7 +44,7 @@ from .config import get_settings
 from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
 from .refresh import VERSIONED_TABLES, newer_in_database
 from .errors import CannotRun, UserError
-from .timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, utc_now_text, utc_text_array
+from .timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
 
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES
@@ -270,12 +270,10 @@ def _passes_in_plain_form(kind: str, s: pd.Series) -> bool:
         values = _plain_instants(s)
     elif kind in ("pk", "id", "id_opt", "price", "amount"):
         values = _plain_numbers(s)
-        if values is None:
-            return False
         # ids are whole (15 digits are below 2**53); amounts below 1e12
-        fine = values == np.floor(values) if kind in ("pk", "id", "id_opt") else values < 1e12
-        if not (fine | values.isna()).all():
-            return False
+        if values is not None:
+            fine = values == np.floor(values) if kind in ("pk", "id", "id_opt") else values < 1e12
+            values = values if (fine | values.isna()).all() else None
     else:
         return False
     return values is not None and (kind in ("ts_opt", "id_opt", "price") or not values.isna().any())
@@ -653,7 +651,7 @@ def _strftime(ts: pd.Series, fmt: str) -> pd.Series:
     if fmt == ISO_FORMAT:
         if str(ts.dt.tz) != "UTC":
             raise ValueError("ISO_FORMAT text is for UTC instants")
-        out = np.array(utc_text_array(ts).to_pylist(), dtype=object)
+        out = series_to_utc_text(ts).to_numpy(dtype=object, copy=True)
     else:
         days, seconds = np.divmod(np.where(nat, 0, wall.astype("datetime64[s]").astype("int64")), 86400)
         out = day_texts(days) if fmt == "%Y-%m-%d" else _HOURS_MINUTES[seconds // 60]

@@ -31,7 +31,7 @@ def column(name: str, values: list[str]) -> pd.DataFrame:
     (dataset._cents, "amount", ["65.00", "0.05", "1000000"], "1e2", True),
 ])
 def test_a_column_in_plain_form_reads_as_the_general_way_reads_it(reader, name, plain, other_form, required):
-    assert dataset._plain_column(column(name, [other_form]), name, {
+    assert dataset.plain_values(column(name, [other_form])[name], {
         dataset._instants: dataset.PLAIN_INSTANT, dataset._ids: dataset._PLAIN_ID,
         dataset._cents: dataset._PLAIN_EUROS}[reader], required, "string") is None  # not plain
     quick = reader(column(name, plain), name, "x.csv", required=required)
