@@ -134,8 +134,10 @@ _ROWS = f"""SELECT p.rank, p.appointment_id, pt.first_name, pt.last_name, pt.pho
  WHERE p.day = :day"""
 DAY_ROWS_SQL = sa.text(_ROWS + " ORDER BY p.rank").bindparams(sa.bindparam("day", type_=db.Day()))
 # one appointment, and every other one with an outcome newer than :seen (recorded by anyone)
-SOME_ROWS_SQL = sa.text(_ROWS + f""" AND (p.appointment_id = :appointment_id
-       OR EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE} AND c.outcome_id > :seen))
+# (the outcomes newer than :seen are few: a range of the primary key, not a probe per row)
+SOME_ROWS_SQL = sa.text(_ROWS + """ AND p.appointment_id IN (
+       SELECT CAST(:appointment_id AS BIGINT)
+       UNION SELECT c.appointment_id FROM call_outcomes c WHERE c.outcome_id > :seen)
  ORDER BY p.rank""").bindparams(sa.bindparam("day", type_=db.Day()))
 PROGRESS_SQL = sa.text(f"""SELECT count(*),
        coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE}) THEN 1 ELSE 0 END), 0),
