@@ -8,6 +8,7 @@ user: one statement, index lookups only (as the API's list).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -16,7 +17,6 @@ from . import db
 from .api import MAX_NOTE
 from .priorities import day_param
 from .reminders import EMAIL_RE
-from .timeutil import utc_now_text
 
 OUTCOME_LABELS = {"reached": "Reached", "voicemail": "Voicemail", "no_answer": "No answer",
                   "confirmed": "Confirmed", "rescheduled": "Rescheduled", "canceled": "Canceled"}
@@ -236,32 +236,79 @@ class NotAllowed(BadInput):
 
 
 # One statement writes the outcome only if the account may still write (not disabled, the
-# session's epoch) and the appointment is on the day's list; it is written out once because it
-# runs for every recorded call.
+# session's epoch) and the appointment is on the day's list.
 RECORD_SQL = sa.text("""INSERT INTO call_outcomes (appointment_id, outcome, note, recorded_at, recorded_by)
 SELECT :appointment_id, :outcome, :note, :recorded_at, :user_id
  WHERE EXISTS (SELECT 1 FROM users WHERE user_id = :user_id AND disabled = 0 AND session_epoch = :epoch)
-   AND EXISTS (SELECT 1 FROM priorities WHERE day = :day AND appointment_id = :appointment_id)""").bindparams(
-    sa.bindparam("recorded_at", type_=db.Instant()), sa.bindparam("day", type_=db.Day()))
+   AND EXISTS (SELECT 1 FROM priorities WHERE day = :day AND appointment_id = :appointment_id)""")
 
 
-def record_call(conn, day: dt.date, appointment_id: int, user_id: int, session_epoch: int, outcome: str,
-                note: str | None) -> None:
-    """One more row of the appointment's call history, with the user's name.
+def _driver_sql(statement: sa.TextClause, sqlite: bool) -> str:
+    """A statement's text for the DBAPI cursor: sqlite3 takes ``:name``, psycopg ``%(name)s``."""
+    text = str(statement)
+    return text if sqlite else re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text)
 
-    ``conn`` is in a write transaction (``db.begin_write``). The row is written only if the account
-    still may write (not disabled, its session not ended) and the appointment is on ``day``'s
-    list; otherwise this raises (NotAllowed, BadInput) and nothing is written. Two receptionists
-    recording the same appointment both get their row.
+
+def record_call(engine: sa.Engine, day: dt.date, appointment_id: int, user_id: int, session_epoch: int,
+                outcome: str, note: str | None, read_back_since: int | None = None, tz=None,
+                smtp_configured: bool = False, on_commit=None) -> tuple[list[Row], Progress] | None:
+    """One more row of the appointment's call history, with the user's name, in one transaction.
+
+    The row is written only if the account still may write (not disabled, its session not ended)
+    and the appointment is on ``day``'s list; otherwise this raises (NotAllowed, BadInput) and
+    nothing is written. Two receptionists recording the same appointment both get their row.
+    With ``read_back_since`` (an outcome id) the same transaction then reads the row and every row
+    with an outcome newer than that, and the day's progress, and returns them.
+
+    Recording is what reception waits for after each call, so it runs on the pool's DBAPI
+    connection (SQLAlchemy's statement handling cost as much as the statements). Its commit is
+    not seen by SQLAlchemy's events: ``on_commit`` is called after it, before the connection goes
+    back to the pool (the screen drops the list cache there, so no later request reads the
+    cache as it was before the commit).
     """
-    written = conn.execute(RECORD_SQL, {"appointment_id": appointment_id, "outcome": outcome, "note": note,
-                                        "recorded_at": utc_now_text(), "user_id": user_id,
-                                        "epoch": session_epoch, "day": day}).rowcount
-    if written == 1:
-        return
+    sqlite = db.is_sqlite(engine)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    day_value = day.isoformat() if sqlite else day
+    result = None
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        if sqlite:
+            cursor.execute("BEGIN IMMEDIATE")  # as db.begin_write: the write lock at once
+        cursor.execute(_driver_sql(RECORD_SQL, sqlite), {
+            "appointment_id": appointment_id, "outcome": outcome, "note": note, "user_id": user_id,
+            "recorded_at": now.strftime("%Y-%m-%dT%H:%M:%S+00:00") if sqlite else now,
+            "epoch": session_epoch, "day": day_value})
+        written = cursor.rowcount == 1
+        if written and read_back_since is not None:
+            cursor.execute(_driver_sql(SOME_ROWS_SQL, sqlite), {"day": day_value, "appointment_id": appointment_id,
+                                                                "seen": read_back_since})
+            rows = _rows(cursor.fetchall(), tz, smtp_configured)
+            cursor.execute(_driver_sql(PROGRESS_SQL, sqlite), {"day": day_value})
+            result = rows, Progress(*(int(x) for x in cursor.fetchone()))
+        if written:
+            conn.commit()
+            if on_commit is not None:
+                on_commit()
+        else:
+            conn.rollback()
+        cursor.close()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+    if not written:
+        _refuse(engine, day, appointment_id, user_id, session_epoch)
+    return result
+
+
+def _refuse(engine: sa.Engine, day: dt.date, appointment_id: int, user_id: int, session_epoch: int):
+    """Why a call was not recorded, as the error to show."""
     u = db.users
-    account = conn.execute(sa.select(u.c.disabled, u.c.session_epoch).where(u.c.user_id == user_id)).first()
-    if account is None or account.disabled or account.session_epoch != session_epoch:
-        raise NotAllowed(403, "This account may no longer record calls. Nothing was saved.")
-    _on_list_or_refuse(conn, day, appointment_id)
+    with engine.connect() as conn:
+        account = conn.execute(sa.select(u.c.disabled, u.c.session_epoch).where(u.c.user_id == user_id)).first()
+        if account is None or account.disabled or account.session_epoch != session_epoch:
+            raise NotAllowed(403, "This account may no longer record calls. Nothing was saved.")
+        _on_list_or_refuse(conn, day, appointment_id)
     raise AssertionError(f"call outcome for appointment {appointment_id} not written")  # unreachable

@@ -364,12 +364,15 @@ def _day(raw, default_next: bool = True) -> dt.date:
     return day
 
 
-def _weekdays() -> frozenset[int]:
-    """The clinic's working weekdays (from the roster), read once per request at most."""
+def _weekdays(conn=None) -> frozenset[int]:
+    """The clinic's working weekdays (from the roster), read once per request at most (on
+    ``conn`` when the caller has one open)."""
     if "weekdays" not in g:
         def build():
-            with _screen().engine.connect() as conn:
+            if conn is not None:
                 return working_weekdays(conn)
+            with _screen().engine.connect() as own:
+                return working_weekdays(own)
         g.weekdays = _cached(("screen-weekdays",), build)
     return g.weekdays
 
@@ -409,6 +412,7 @@ def _list_page_parts(day: dt.date, show: str) -> tuple:
 
     def build():
         with screen.engine.connect() as conn:
+            _weekdays(conn)
             rows = call_list.day_rows(conn, day, screen.tz, screen.smtp)
             built = call_list.built_at(conn, day)
         progress = call_list.progress_of(rows)
@@ -478,17 +482,17 @@ def record_call(day, appointment_id):
     seen = request.form.get("seen") or "0"
     seen = int(seen) if _ID_RE.match(seen) else 0
     try:
-        with db.begin_write(screen.engine) as conn:
-            call_list.record_call(conn, day, aid, g.user.user_id, g.user.session_epoch, outcome, note)
-            if fragment:  # read back in the same transaction: one connection, the write included
-                rows = call_list.some_rows(conn, day, screen.tz, aid, seen, screen.smtp)
-                progress = call_list.day_progress(conn, day)
+        read_back = call_list.record_call(screen.engine, day, aid, g.user.user_id, g.user.session_epoch, outcome,
+                                          note, read_back_since=seen if fragment else None, tz=screen.tz,
+                                          smtp_configured=screen.smtp,
+                                          on_commit=screen.cache.bump if screen.cache is not None else None)
     except call_list.NotAllowed:
         session.clear()
         raise
     if not fragment:
         return redirect(url_for(".list_page", day=day.isoformat(), show=None if show == "all" else show)
                         + f"#appt-{aid}", 303)
+    rows, progress = read_back
     html = screen.app.jinja_env.get_template("reception/fragment.html").render(
         rows=rows, progress=progress, seen=max(seen, call_list.seen_marker(rows)),
         row_html=screen.rows_renderer(day, show))

@@ -158,7 +158,13 @@ def test_two_receptionists_at_once_both_kept(screen, engine):
     waitress server: both rows are kept, each with its name."""
     anna, ben = signed_in(screen, "anna"), signed_in(screen, "ben")
     server = create_server(screen, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
+
+    def run():
+        try:
+            server.run()
+        except OSError:  # the listening socket closed under select() at shutdown
+            pass
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     barrier, statuses = threading.Barrier(2), []
 
@@ -492,3 +498,39 @@ def test_print_view(screen):
     assert "1 of 4 called, 0 reached when printed" in text(html) and "printed" in text(html)
     assert re.search(r"Voicemail, anna \d+ \w+ \d\d:\d\d", text(html))
     assert "@page" in screen.test_client().get("/static/reception/reception.css").get_data(as_text=True)
+
+
+def test_recording_commits_then_tells_the_cache_before_the_connection_goes_back(screen, engine, db_url):
+    """record_call commits on the pool's DBAPI connection (outside SQLAlchemy's events): its
+    on_commit runs after the commit and while the connection is still checked out, so the screen
+    drops the list cache before any other request can check it on that connection."""
+    from clinic_lib import call_list
+    anna = users.require_user(engine, "anna")
+    seen_from_elsewhere = []
+
+    def on_commit():
+        other = db.make_engine(db_url)
+        with other.connect() as conn:  # committed: another connection sees it
+            seen_from_elsewhere.append(conn.execute(sa.select(sa.func.count()).select_from(db.call_outcomes)).scalar())
+        other.dispose()
+        seen_from_elsewhere.append(engine.pool.checkedout())
+    rows, progress = call_list.record_call(engine, DAY, 101, anna.user_id, anna.session_epoch, "reached", None,
+                                           read_back_since=0, tz=get_settings().clinic_tz, on_commit=on_commit)
+    assert seen_from_elsewhere == [1, 1]
+    assert [r.appointment_id for r in rows] == [101] and rows[0].latest.recorded_by == "anna"
+    assert progress == call_list.Progress(total=4, called=1, spoken_to=1)
+    # a refusal writes nothing and calls nothing
+    with pytest.raises(call_list.BadInput, match="not on the call list"):
+        call_list.record_call(engine, DAY, 301, anna.user_id, anna.session_epoch, "reached", None,
+                              on_commit=lambda: seen_from_elsewhere.append("called"))
+    with pytest.raises(call_list.NotAllowed):
+        call_list.record_call(engine, DAY, 101, anna.user_id, anna.session_epoch + 1, "reached", None)
+    assert seen_from_elsewhere == [1, 1] and len(outcomes(engine)) == 1
+    # through the screen, the cached page is dropped at once
+    cache = screen.extensions["clinic_list_cache"]
+    client = signed_in(screen)
+    client.get(LIST)
+    before = cache.generation
+    client.post(calls_url(102), data={"csrf_token": client.csrf, "outcome": "voicemail"})
+    assert cache.generation > before
+    assert "Voicemail by anna" in text(row_html(client.get(LIST).get_data(as_text=True), 102))
