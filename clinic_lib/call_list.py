@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -124,7 +125,7 @@ _ROWS = f"""SELECT p.rank, p.appointment_id, pt.first_name, pt.last_name, pt.pho
        (SELECT count(*) FROM call_outcomes c WHERE {_MINE}),
        CASE WHEN EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE} AND c.outcome IN ({_SPOKEN_TO}))
             THEN 1 ELSE 0 END,
-       lc.outcome_id, lc.outcome, lc.note, lc.recorded_at, u.name
+       lc.outcome_id, lc.outcome, lc.note, lc.recorded_at, u.name, p.built_at
   FROM priorities p
   JOIN appointments a ON a.appointment_id = p.appointment_id
   JOIN patients pt ON pt.patient_id = p.patient_id
@@ -161,7 +162,7 @@ def _rows(result, tz, smtp_configured: bool) -> list[Row]:
     rows = []
     for (rank, aid, first, last, phone, email, consent, physio, start, status, bucket, score, source, reason,
          new, no_phone, no_consent, delivered, calls, spoken, outcome_id, outcome, note, recorded_at,
-         recorded_by) in result:
+         recorded_by, _) in result:
         reminder, why = _reminder(delivered, consent, email, smtp_configured)
         latest = None
         if outcome_id is not None:
@@ -173,9 +174,11 @@ def _rows(result, tz, smtp_configured: bool) -> list[Row]:
     return rows
 
 
-def day_rows(conn, day: dt.date, tz, smtp_configured: bool = False) -> list[Row]:
-    """The rows of ``day``'s list in rank order."""
-    return _rows(conn.execute(DAY_ROWS_SQL, {"day": day}), tz, smtp_configured)
+def day_rows(conn, day: dt.date, tz, smtp_configured: bool = False) -> tuple[list[Row], dt.datetime | None]:
+    """The rows of ``day``'s list in rank order, and when the list was built (clinic-local)."""
+    fetched = conn.execute(DAY_ROWS_SQL, {"day": day}).all()
+    built = max((r[-1] for r in fetched), default=None)
+    return _rows(fetched, tz, smtp_configured), (_local(built, tz) if built is not None else None)
 
 
 def some_rows(conn, day: dt.date, tz, appointment_id: int, seen: int = NEWEST,
@@ -198,11 +201,6 @@ def day_progress(conn, day: dt.date) -> Progress:
 def seen_marker(rows: list[Row]) -> int:
     """The newest outcome shown by ``rows``: what ``some_rows`` compares with."""
     return max((r.latest_outcome_id or 0 for r in rows), default=0)
-
-
-def built_at(conn, day: dt.date) -> str | None:
-    return conn.execute(sa.select(sa.func.max(db.priorities.c.built_at))
-                        .where(db.priorities.c.day == day_param(conn, day))).scalar()
 
 
 def _on_list_or_refuse(conn, day: dt.date, appointment_id: int) -> None:
@@ -243,9 +241,10 @@ SELECT :appointment_id, :outcome, :note, :recorded_at, :user_id
    AND EXISTS (SELECT 1 FROM priorities WHERE day = :day AND appointment_id = :appointment_id)""")
 
 
+@lru_cache(maxsize=16)
 def _driver_sql(statement: sa.TextClause, sqlite: bool) -> str:
     """A statement's text for the DBAPI cursor: sqlite3 takes ``:name``, psycopg ``%(name)s``."""
-    text = str(statement)
+    text = statement.text
     return text if sqlite else re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text)
 
 

@@ -393,7 +393,7 @@ def _appointment_id(raw: str) -> int:
 
 
 def _show() -> str:
-    show = request.values.get("show") or "all"
+    show = (request.form.get("show") if request.method == "POST" else request.args.get("show")) or "all"
     if show not in SHOW:
         raise BadInput(400, f"show={str(show)[:40]!r}: expected show=all or show=open (not yet called).")
     return show
@@ -413,26 +413,22 @@ def _list_page_parts(day: dt.date, show: str) -> tuple:
     def build():
         with screen.engine.connect() as conn:
             _weekdays(conn)
-            rows = call_list.day_rows(conn, day, screen.tz, screen.smtp)
-            built = call_list.built_at(conn, day)
+            rows, built = call_list.day_rows(conn, day, screen.tz, screen.smtp)
         progress = call_list.progress_of(rows)
         shown = [r for r in rows if not r.calls] if show == "open" else rows
         latest = today + dt.timedelta(days=FAR_AHEAD_DAYS)
         nxt = _next_clinic_day(day)
         html = render_template(
             "reception/list.html", day=day, show=show, rows=shown, progress=progress,
-            seen=call_list.seen_marker(rows), built_at=_local(built) if built else None,
+            seen=call_list.seen_marker(rows), built_at=built,
             prev_day=_next_clinic_day(day, -1), next_day=nxt if nxt <= latest else None, latest_day=latest,
             earliest_day=EARLIEST_DAY, capacity=screen.settings.call_capacity,
-            row_html=screen.rows_renderer(day, show), clinic_name=screen.settings.clinic_name,
+            rows_html=Markup("").join(map(screen.rows_renderer(day, show), shown)),
+            clinic_name=screen.settings.clinic_name,
             user=_SlotUser, csrf=Markup(CSRF_SLOT))
         return tuple(part if part in (CSRF_SLOT, USER_SLOT) else part.encode("utf-8")
                      for part in _SLOTS_RE.split(html))
     return _cached(("screen-list", day, show, today), build)
-
-
-def _local(instant_text) -> dt.datetime:
-    return call_list._local(instant_text, _screen().tz)
 
 
 @bp.get("/")
@@ -451,7 +447,7 @@ def print_page():
     screen = _screen()
     day = _day(request.args.get("day"))
     with screen.engine.connect() as conn:
-        rows = call_list.day_rows(conn, day, screen.tz, screen.smtp)
+        rows, _ = call_list.day_rows(conn, day, screen.tz, screen.smtp)
     return _render("reception/print.html", day=day, rows=rows, progress=call_list.progress_of(rows),
                    printed_at=dt.datetime.now(screen.tz))
 
@@ -494,8 +490,8 @@ def record_call(day, appointment_id):
                         + f"#appt-{aid}", 303)
     rows, progress = read_back
     html = screen.app.jinja_env.get_template("reception/fragment.html").render(
-        rows=rows, progress=progress, seen=max(seen, call_list.seen_marker(rows)),
-        row_html=screen.rows_renderer(day, show))
+        progress=progress, seen=max(seen, call_list.seen_marker(rows)),
+        rows_html=Markup("").join(map(screen.rows_renderer(day, show), rows)))
     return html.replace(CSRF_SLOT, web_session.csrf_token()), 201, {FRAGMENT_HEADER: "1"}
 
 

@@ -81,10 +81,20 @@ def _write_new_secret(path: Path) -> None:
 
 
 class ClinicSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions; the Secure flag also follows the request's own scheme."""
+    """Flask's signed-cookie sessions; the Secure flag also follows the request's own scheme, and
+    the signing serializer is made once per key instead of on every request."""
+
+    def __init__(self):
+        self._serializer = (None, None)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
+
+    def get_signing_serializer(self, app: Flask):
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        if self._serializer[0] != keys:
+            self._serializer = (keys, super().get_signing_serializer(app))
+        return self._serializer[1]
 
 
 def configure(app: Flask, settings: Settings) -> None:
