@@ -17,7 +17,7 @@ to this machine (loopback) unless ``CLINIC_HTTPS=1`` says a TLS proxy serves the
 
 The rendered list of a day is kept in the API's list cache (``api.ListCache``): it is reused
 while the database provably has not changed, as the API's JSON is; per request only the
-session's CSRF token is put into it.
+session's CSRF token and the user's name are put into it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import time
 from functools import lru_cache, wraps
 
 import jinja2.ext
-
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request, session, url_for
 from markupsafe import Markup, escape
