@@ -1,7 +1,10 @@
-"""GET /priorities speed: waitress in a subprocess (`clinic api`), keep-alive clients on 127.0.0.1.
+"""GET /priorities speed: waitress in a subprocess (`clinic api`), keep-alive clients on 127.0.0.1;
+and, on the same servers in the same run, reception's screen for the same day.
 
-Targets (issue 5), for a 100-item day on a 20x database: median <= 2 ms, p99 <= 10 ms,
->= 1,000 requests/s with keep-alive.
+Targets, for a 100-item day on a 20x database: median <= 2 ms, p99 <= 10 ms, >= 1,000 requests/s
+with keep-alive. Reception's screen: the list page of that day (``GET /?day=D``, signed in) in at
+most 3x the median of ``GET /priorities?day=D``, and recording an outcome with the updated row
+back (``POST /days/D/appointments/A/calls`` as the page's script sends it) within the same bound.
     python bench/bench_api.py [--scale 20] [--requests 10000] [--clients 8] [--db-url URL]
 
 The database is the demo clinic at ``--scale`` (bench/common.py); the list of the next clinic day
@@ -11,7 +14,9 @@ the benchmarked list), so the latest-outcome lookup has work to do.
 Latency is measured with one client doing sequential keep-alive requests; throughput with
 ``--clients`` client processes, each one keep-alive connection, ``--requests`` requests in all.
 Every response is checked (status 200 and the expected body length); a lost or failed request
-counts as an error.
+counts as an error. The screen is measured with one sequential keep-alive client, signed in as a
+user made for the bench: the page (status 200, the expected length), then outcomes recorded on
+the list's appointments in turn (status 201, the row's HTML in the answer).
 """
 from __future__ import annotations
 
@@ -22,23 +27,27 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_TODAY, loaded_sqlite, table  # noqa: E402
 
-from clinic_lib import db  # noqa: E402
+from clinic_lib import db, users  # noqa: E402
 from clinic_lib.calendar import next_clinic_day  # noqa: E402
 from clinic_lib.priorities import build_priorities, day_param  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-" + "x" * 20
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+USER, PASSWORD = "bench", "bench password 0123456789"
+SERVER_DATA = Path(os.environ.get("CLINIC_BENCH_CACHE", "/tmp/clinic-bench")) / "api-server-data"
 
 
 def prepare(url: str, items: int = 100) -> tuple[dt.date, int]:
@@ -63,8 +72,10 @@ def prepare(url: str, items: int = 100) -> tuple[dt.date, int]:
                  "recorded_at": "2026-11-24T17:00:00+00:00"} for a in ids[:4900] + listed[:50] * 2]
         conn.execute(db.call_outcomes.insert(), rows)
         n = conn.exec_driver_sql("SELECT COUNT(*) FROM appointments").scalar()
+        conn.execute(db.users.delete().where(db.users.c.name == USER))
+    users.add_user(engine, USER, PASSWORD)
     engine.dispose()
-    return day, n
+    return day, n, listed
 
 
 def free_port() -> int:
@@ -74,7 +85,8 @@ def free_port() -> int:
 
 
 def start_server(url: str, port: int, threads: int, cache: bool) -> subprocess.Popen:
-    env = dict(os.environ, DATABASE_URL=url, CLINIC_API_TOKEN=TOKEN)
+    SERVER_DATA.mkdir(parents=True, exist_ok=True)  # the session secret is made there
+    env = dict(os.environ, DATABASE_URL=url, CLINIC_API_TOKEN=TOKEN, CLINIC_DATA_DIR=str(SERVER_DATA))
     args = [sys.executable, "-m", "clinic_lib", "api", "--host", "127.0.0.1", "--port", str(port),
             "--threads", str(threads)] + ([] if cache else ["--no-cache"])
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -126,6 +138,73 @@ def run_clients(port, path, total, clients, length):
     return times, sum(r[1] for r in results), elapsed, per * clients
 
 
+def sign_in(conn: http.client.HTTPConnection) -> str:
+    """Sign the bench's user in over ``conn``; the session cookie."""
+    conn.request("GET", "/sign-in")
+    resp = conn.getresponse()
+    page = resp.read().decode()
+    cookie = resp.getheader("Set-Cookie").split(";")[0]
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    conn.request("POST", "/sign-in", body=urlencode({"csrf_token": token, "name": USER, "password": PASSWORD}),
+                 headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 303, resp.status
+    return resp.getheader("Set-Cookie").split(";")[0]
+
+
+def screen_times(port: int, day: dt.date, listed: list[int], blocks: int = 10, pages: int = 200, posts: int = 50):
+    """One keep-alive client, signed in, in ``blocks`` rounds (so that a change of the machine's
+    load meets all three alike): ``pages`` times GET /priorities then the list page in turn,
+    then ``posts`` outcomes recorded as the page's script records them (the row comes back).
+    Returns (API times, page times, post times, page bytes, errors); the first round warms up."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    cookie = sign_in(conn)
+    api_path, page_path = f"/priorities?day={day.isoformat()}", f"/?day={day.isoformat()}"
+
+    def get(path, headers):
+        t0 = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        return time.perf_counter() - t0, resp.status, body
+    _, status, body = get(page_path, {"Cookie": cookie})
+    assert status == 200, body[:300]
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1).decode()
+    seen = int(re.search(rb'id="seen" data-seen="([0-9]+)"', body).group(1))
+    errors, api_times, page_times, post_times, lengths = 0, [], [], [], set()
+    outcomes = ("reached", "voicemail", "no_answer", "confirmed")
+    for block in range(blocks + 1):
+        for _ in range(pages):
+            elapsed, status, body = get(api_path, HEADERS)
+            errors += status != 200
+            if block:
+                api_times.append(elapsed)
+            elapsed, status, body = get(page_path, {"Cookie": cookie})
+            errors += status != 200
+            lengths.add(len(body))
+            if block:
+                page_times.append(elapsed)
+        for i in range(posts):
+            aid = listed[(block * posts + i) % len(listed)]
+            form = urlencode({"csrf_token": token, "outcome": outcomes[i % 4], "seen": seen})
+            t0 = time.perf_counter()
+            conn.request("POST", f"/days/{day.isoformat()}/appointments/{aid}/calls", body=form,
+                         headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded",
+                                  "X-Clinic-Fragment": "1"})
+            resp = conn.getresponse()
+            body = resp.read()
+            elapsed = time.perf_counter() - t0
+            ok = resp.status == 201 and f'id="appt-{aid}"'.encode() in body
+            errors += not ok
+            if ok:
+                seen = int(re.search(rb'id="seen" data-seen="([0-9]+)"', body).group(1))
+            if block:
+                post_times.append(elapsed)
+    conn.close()
+    return api_times, page_times, post_times, max(lengths), errors
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -140,8 +219,8 @@ def main():
     parser.add_argument("--db-url", default=None, help="use this (already loaded) database instead of the demo")
     a = parser.parse_args()
     url = a.db_url or loaded_sqlite(a.scale, name="api")[0]
-    day, n_appts = prepare(url)
-    rows = []
+    day, n_appts, listed = prepare(url)
+    rows, screen_rows = [], []
     for cache in (True, False):
         label = "cache on" if cache else "no cache"
         port = free_port()
@@ -163,6 +242,7 @@ def main():
             client(port, path, 2000, length, q)
             seq_times, seq_errors = q.get()
             times, errors, elapsed, sent = run_clients(port, path, a.requests, a.clients, length)
+            api_times, page_times, post_times, page_length, screen_errors = screen_times(port, day, listed)
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -170,12 +250,29 @@ def main():
         rows.append([label, ms(statistics.median(seq_times)), ms(pct(seq_times, 0.99)),
                      ms(statistics.median(times)), ms(pct(times, 0.99)), f"{sent / elapsed:,.0f}",
                      f"{sent + len(seq_times):,} / {errors + seq_errors}"])
+        api_median, page_median, post_median = (statistics.median(x) for x in (api_times, page_times, post_times))
+        screen_rows.append([label, ms(api_median), ms(page_median), ms(pct(page_times, 0.99)),
+                            f"{page_median / api_median:.1f}", ms(post_median), ms(pct(post_times, 0.99)),
+                            f"{post_median / api_median:.1f}", f"{page_length:,}",
+                            f"{len(api_times) + len(page_times) + len(post_times):,} / {screen_errors}"])
     print(f"database: {url.split('://')[0]} at {a.scale}x ({n_appts:,} appointments); day {day}, {count} items, "
           f"{length:,} bytes per response; waitress threads {a.threads}; {os.cpu_count()} CPUs; "
           f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}\n")
     print(table(["server", "median ms, 1 client (target <= 2)", "p99 ms, 1 client (target <= 10)",
                  f"median ms, {a.clients} clients", f"p99 ms, {a.clients} clients",
                  f"req/s, {a.clients} keep-alive clients (target >= 1,000)", "requests / failed or lost"], rows))
+    print(f"\nreception's screen, the same servers and day: one keep-alive client signed in, GET /priorities "
+          f"and the list page in turn, outcomes recorded between; sum(range(10**7)) takes {loop_seconds():.3f} s "
+          f"here\n")
+    print(table(["server", "GET /priorities median ms (in turn with the page)", "list page median ms", "list page p99 ms",
+                 "list page / GET /priorities (target <= 3)", "record + row median ms", "record + row p99 ms",
+                 "record + row / GET /priorities (target <= 3)", "page bytes", "requests / failed"], screen_rows))
+
+
+def loop_seconds() -> float:
+    t0 = time.perf_counter()
+    sum(range(10**7))
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ in constant time). Without a configured token every route but ``/health`` answer
 ``create_server``/``serve`` refuse to listen on anything but a loopback address (CannotRun).
 Errors are JSON ``{"error", "message"}`` with the status code; no debugger, no HTML error pages,
 no stack traces, no NaN.
+
+The same app serves reception's screen (``reception_screen``: HTML pages at ``/``, a signed-in
+session instead of the token, served to loopback clients only unless ``CLINIC_HTTPS=1``).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ MAX_BODY = 16 * 1024
 OUTCOME_HELP = ('expected a JSON object {"outcome": one of ' + ", ".join(db.CALL_OUTCOMES)
                 + f', "note": optional text up to {MAX_NOTE} characters}}')
 PUBLIC_ENDPOINTS = {"health"}
+SCREEN = "reception"  # reception_screen's blueprint: its pages need a signed-in session, not the token
 _ID_RE = re.compile(r"^[0-9]{1,19}$")
 
 
@@ -300,7 +304,9 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     except sa.exc.OperationalError:
         log.warning("database not reachable at start-up; /health reports it")
 
-    app = Flask("clinic_api")
+    # no static folder or templates of its own (Flask would look in the working directory);
+    # reception's screen brings its own (reception_screen)
+    app = Flask("clinic_api", static_folder=None, template_folder=None)
     app.debug = False
     app.config.update(PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False, MAX_CONTENT_LENGTH=MAX_BODY,
                       JSON_SORT_KEYS=False)
@@ -327,8 +333,8 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
 
     @app.before_request
     def _authenticate():
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return None
+        if request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == SCREEN:
+            return None  # the screen signs people in with sessions of its own
         if not token:  # patient names and phones: never served without a token
             return _error(401, "unauthorized", "no API token is configured: set CLINIC_API_TOKEN "
                                                "on the server and send Authorization: Bearer <token>")
@@ -455,6 +461,8 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     def openapi():
         return _json(openapi_spec())
 
+    from .reception_screen import register
+    register(app, settings, engine)
     return app
 
 
@@ -483,8 +491,10 @@ def serve(host: str | None = None, port: int | None = None, threads: int = 4, ca
     """Serve the API with waitress until interrupted (``clinic api``)."""
     settings = get_settings()
     server = create_server(None, host, port, settings, threads, cache=cache)
-    print(f"clinic api: serving on http://{host or settings.api_host}:{server.effective_port} "
-          f"({'token required' if settings.api_token else 'no CLINIC_API_TOKEN set: every route but /health answers 401'})", flush=True)
+    url = f"http://{host or settings.api_host}:{server.effective_port}"
+    print(f"clinic api: reception's screen on {url}/ (sign in with an account of `clinic user`); JSON API "
+          f"{'with the Bearer token' if settings.api_token else 'off: no CLINIC_API_TOKEN set, every route but /health answers 401'}",
+          flush=True)
     server.run()
 
 

@@ -96,6 +96,7 @@ Outputs
 Next
   notebooks:  make lab        (JupyterLab on notebooks/)
   dashboard:  make dashboard  (Voila on http://127.0.0.1:{s.dashboard_port}/)
+  reception:  clinic user add NAME, then make api  (http://{s.api_host}:{s.api_port}/, sign in)
   API:        make api        (http://{s.api_host}:{s.api_port}/priorities?day=YYYY-MM-DD, needs CLINIC_API_TOKEN)
 """)
     return 0
@@ -215,6 +216,74 @@ def cmd_api(a):
     return 0
 
 
+# --- reception's accounts: user add / list / disable / enable / reset-password ----------------------
+
+def args_user(p):
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (("add", "add an account (asks for its password twice)"),
+                            ("reset-password", "set a new password (ends the account's sessions, lifts a lock)")):
+        q = actions.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("name")
+        q.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input instead of asking")
+    actions.add_parser("list", help="list the accounts", description="list the accounts")
+    for name, help_text in (("disable", "disable an account (its open sessions end at their next request)"),
+                            ("enable", "enable a disabled account again")):
+        q = actions.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("name")
+
+
+def _new_password(a) -> str:
+    from .users import AccountError
+    if a.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise AccountError("--password-stdin: standard input is empty")
+        return line.rstrip("\r\n")
+    import getpass
+    first = getpass.getpass(f"password for {a.name}: ")
+    if getpass.getpass("the same password again: ") != first:
+        raise AccountError("the two passwords differ; nothing was changed")
+    return first
+
+
+def cmd_user(a):
+    from . import users
+    from .db import make_engine
+    from .migrate import ensure_schema
+    engine = make_engine()
+    ensure_schema(engine)
+    if a.action == "list":
+        accounts = users.list_users(engine)
+        if not accounts:
+            print("no accounts yet: clinic user add NAME")
+        for u in accounts:
+            print(f"{u['name']:<32} {u['status']:<40} created {u['created_at']}, "
+                  f"last sign-in {u['last_sign_in_at'] or 'never'}")
+        return 0
+    if a.action == "add":
+        name = users.normalise_name(a.name)  # a bad name is refused before the password is asked
+        user = users.add_user(engine, name, _new_password(a))
+        print(f"added {user.name}: sign in at http://{_api_address()}/")
+    elif a.action == "reset-password":
+        users.require_user(engine, a.name)  # an unknown name is refused before the password is asked
+        user = users.reset_password(engine, a.name, _new_password(a))
+        print(f"new password for {user.name}; its open sessions have ended")
+    elif a.action == "disable":
+        user = users.disable_user(engine, a.name)
+        print(f"disabled {user.name}; its open sessions end at their next request")
+    elif a.action == "enable":
+        user = users.enable_user(engine, a.name)
+        print(f"enabled {user.name}")
+    return 0
+
+
+def _api_address() -> str:
+    from .config import get_settings
+    s = get_settings()
+    return f"{s.api_host}:{s.api_port}"
+
+
 # --- cancellation-risk model: train / score / import-noshow (issue 4) ------------------------------
 
 def args_train(p):
@@ -293,7 +362,8 @@ COMMANDS = {
     "where": (args_where, cmd_where, "print where the outputs are and how to open the tools"),
     "priorities": (args_priorities, cmd_priorities, "build the callback list of a clinic day"),
     "reminders": (args_reminders, cmd_reminders, "write (and send) the reminder emails of a clinic day"),
-    "api": (args_api, cmd_api, "serve the reception API (waitress)"),
+    "api": (args_api, cmd_api, "serve reception's screen and the reception API (waitress)"),
+    "user": (args_user, cmd_user, "reception's accounts for the screen: add, list, disable, enable, reset-password"),
     "dashboard": (args_dashboard, cmd_dashboard, "serve the KPI dashboard (Voila, http://127.0.0.1:8866/)"),
 }
 

@@ -75,6 +75,10 @@ class Settings:
     phone_region: str = "DE"  # region for phone numbers written without +country
     # Dashboard (issue 6)
     dashboard_port: int = 8866
+    # Reception's screen: sign-in sessions
+    secret_key: str | None = None  # None: generated once into <data_dir>/secret_key
+    session_idle_minutes: float = 30.0
+    https: bool = False  # a TLS proxy in front: session cookies are Secure, remote clients are served
 
     @property
     def raw_dir(self) -> Path:
@@ -155,4 +159,7 @@ def get_settings() -> Settings:
         payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
         phone_region=(env.get("PHONE_REGION") or "DE").upper(),
         dashboard_port=int(env.get("CLINIC_DASHBOARD_PORT") or 8866),
+        secret_key=env.get("CLINIC_SECRET_KEY") or None,
+        session_idle_minutes=float(env.get("CLINIC_SESSION_IDLE_MINUTES") or 30),
+        https=(env.get("CLINIC_HTTPS") or "0").strip().lower() in ("1", "true", "yes", "on"),
     )

@@ -279,6 +279,27 @@ priorities = sa.Table(
     sa.Index("ix_priorities_day_rank", "day", "rank"),
 )
 
+# Reception's accounts for the screen (clinic_lib/users.py). Rows are never deleted, only
+# disabled, so every call outcome keeps the name of whoever recorded it.
+users = sa.Table(
+    "users", metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("disabled", Flag, nullable=False, server_default="0"),
+    # failed sign-ins in a row since the last success or lock; the fifth locks the name
+    sa.Column("failed_sign_ins", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("locked_until", Instant),
+    # a session carries the epoch it was signed in under; sign-out, disable and a new password
+    # move it on, which ends every session of the user at its next request
+    sa.Column("session_epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", Instant, nullable=False),
+    sa.Column("last_sign_in_at", Instant),
+    sa.UniqueConstraint("name", name="uq_users_name"),
+    _flag("disabled", "users"),
+    sa.CheckConstraint("failed_sign_ins >= 0", name="ck_users_failed_sign_ins_non_negative"),
+)
+
 call_outcomes = sa.Table(
     "call_outcomes", metadata,
     sa.Column("outcome_id", sa.Integer, primary_key=True, autoincrement=True),
@@ -287,6 +308,8 @@ call_outcomes = sa.Table(
     sa.Column("outcome", sa.String(12), nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("recorded_at", Instant, nullable=False),
+    # who recorded it on the screen; NULL through the Bearer API and for rows from before accounts
+    sa.Column("recorded_by", sa.Integer, sa.ForeignKey("users.user_id")),
     _in("outcome", CALL_OUTCOMES, "call_outcomes"),
     sa.Index("ix_call_outcomes_appointment", "appointment_id", "outcome_id"),
 )

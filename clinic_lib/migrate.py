@@ -266,29 +266,51 @@ def _migration_3(conn: sa.Connection) -> None:
                 current[name].create(conn)
 
 
+def _migration_5(conn: sa.Connection) -> None:
+    """Reception's accounts (``users``) and who recorded each call (``call_outcomes.recorded_by``,
+    NULL for the outcomes recorded before). Migration 1 creates both: each is added only if missing."""
+    inspector = sa.inspect(conn)
+    if "users" not in inspector.get_table_names():
+        db.users.create(conn)
+    if "recorded_by" not in {c["name"] for c in inspector.get_columns("call_outcomes")}:
+        # SQLite adds a column with a foreign key only with a NULL default: the old rows get NULL
+        conn.exec_driver_sql("ALTER TABLE call_outcomes ADD COLUMN recorded_by INTEGER "
+                             "REFERENCES users (user_id)")
+
+
 MIGRATIONS = [
     (1, "initial schema: clinic data, run logs, scores, priorities, call outcomes, reminders",
      _migration_1),
     (2, "source_day (which drop wrote a row, indexed) and covering indices for validation", _migration_2),
     (3, "fewer, wider indices: covering slot indices per patient and physio, partial source_day "
         "indices, no duplicate payments index", _migration_3),
+    (5, "reception's accounts (users) and who recorded each call outcome", _migration_5),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 
-def current_version(conn: sa.Connection) -> int:
+def applied_versions(conn: sa.Connection) -> set[int]:
     if "schema_version" not in sa.inspect(conn).get_table_names():
-        return 0
-    return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+        return set()
+    return set(conn.execute(sa.select(schema_version.c.version)).scalars())
+
+
+def current_version(conn: sa.Connection) -> int:
+    return max(applied_versions(conn), default=0)
 
 
 def migrate(engine: sa.Engine | None = None) -> list[int]:
-    """Apply the migrations this database lacks; returns the versions applied (empty if none)."""
+    """Apply the migrations this database lacks; returns the versions applied (empty if none).
+
+    A migration is applied when its own version is missing from ``schema_version``, not when the
+    highest version is lower: numbers are reserved per change, and one with a lower number may
+    arrive after a database already has a higher one.
+    """
     engine = engine or db.make_engine()
     applied = []
     for version, description, step in MIGRATIONS:
         with db.begin_write(engine) as conn:
-            if current_version(conn) >= version:
+            if version in applied_versions(conn):
                 continue
             try:
                 step(conn)
@@ -304,6 +326,6 @@ def migrate(engine: sa.Engine | None = None) -> list[int]:
 def ensure_schema(engine: sa.Engine) -> None:
     """Migrate if needed; cheap when the database is current (one query)."""
     with engine.connect() as conn:
-        if current_version(conn) >= CURRENT_VERSION:
+        if {version for version, _, _ in MIGRATIONS} <= applied_versions(conn):
             return
     migrate(engine)

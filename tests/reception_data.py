@@ -79,3 +79,13 @@ def add_model_scores(engine: sa.Engine, scores: dict[int, tuple[float, str]], da
         conn.execute(db.risk_scores.insert(), [
             dict(day=day.isoformat(), appointment_id=aid, risk=r, risk_bucket=b, model_version="test-1",
                  scored_at="2026-03-29T18:00:00+00:00") for aid, (r, b) in scores.items()])
+
+
+# Reception's accounts for the screen's tests (tests/test_reception_screen.py, the browser test).
+PASSWORDS = {"anna": "anna's evening password", "ben": "ben's evening password"}
+
+
+def add_users(engine: sa.Engine) -> dict[str, int]:
+    """The accounts of PASSWORDS; their user ids by name."""
+    from clinic_lib.users import add_user
+    return {name: add_user(engine, name, password).user_id for name, password in PASSWORDS.items()}

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from clinic_lib import db
-from clinic_lib.migrate import CURRENT_VERSION, MigrationError, migrate
+from clinic_lib.migrate import CURRENT_VERSION, MIGRATIONS, MigrationError, migrate
 
 # The public reference project's layout (clinic-ops-automation): ISO text timestamps, REAL money,
 # no constraints beyond primary keys.
@@ -54,7 +54,7 @@ def table_dump(engine) -> dict:
 
 def test_empty_database_gets_current_schema_once(db_url):
     engine = db.make_engine(db_url)
-    assert migrate(engine) == list(range(1, CURRENT_VERSION + 1))
+    assert migrate(engine) == [version for version, _, _ in MIGRATIONS]
     assert migrate(engine) == []
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").scalar() == CURRENT_VERSION
@@ -65,7 +65,7 @@ def test_empty_database_gets_current_schema_once(db_url):
 def test_reference_layout_is_upgraded(db_url, monkeypatch):
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     engine = make_reference_db(db_url)
-    assert migrate(engine) == [1, 2, 3]
+    assert migrate(engine) == [1, 2, 3, 5]
     with engine.connect() as conn:
         appts = conn.execute(sa.select(
             db.appointments.c.appointment_id, db.appointments.c.appt_start, db.appointments.c.local_date,
@@ -118,9 +118,9 @@ def test_clinic_migrate_command(tmp_path):
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "applied migrations [1, 2, 3]" in out.stdout
+    assert "applied migrations [1, 2, 3, 5]" in out.stdout
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
-    assert "already at schema version 3" in out.stdout
+    assert "already at schema version 5" in out.stdout
 
 
 def test_version_1_database_gains_source_day(tmp_path):
@@ -134,7 +134,7 @@ def test_version_1_database_gains_source_day(tmp_path):
             columns = ", ".join(f"{c.name}" for c in table.columns if c.name != "source_day")
             conn.exec_driver_sql(f"CREATE TABLE {table.name} ({columns})")
         conn.exec_driver_sql("INSERT INTO appointments (appointment_id, local_date) VALUES (1, '2026-02-10')")
-    assert migrate(engine) == [2, 3]
+    assert migrate(engine) == [2, 3, 5]
     with engine.connect() as conn:
         assert {c["name"] for c in sa.inspect(conn).get_columns("appointments")} >= {"source_day"}
         assert index_definitions(conn)["ix_appointments_physio_start"][0] == [
@@ -197,3 +197,82 @@ def test_version_2_indices_become_the_current_ones(db_url):
     after = table_dump(engine)
     assert {t: rows for t, rows in after.items() if t != "schema_version"} == \
         {t: rows for t, rows in before.items() if t != "schema_version"}
+
+
+# call_outcomes as versions 1 to 4 made it: no recorded_by, no users table
+VERSION_3_CALL_OUTCOMES = sa.Table(
+    "call_outcomes", sa.MetaData(),
+    sa.Column("outcome_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("appointment_id", db.Id, nullable=False),
+    sa.Column("outcome", sa.String(12), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("recorded_at", db.Instant, nullable=False),
+    sa.Index("ix_call_outcomes_appointment", "appointment_id", "outcome_id"),
+)
+
+
+def make_version_3_db(engine) -> None:
+    """A database as version 3 left it, with two call outcomes recorded through the API."""
+    import reception_data
+    with db.begin_write(engine) as conn:
+        for table in db.metadata.sorted_tables:
+            if table.name not in ("users", "call_outcomes"):
+                table.create(conn)
+        VERSION_3_CALL_OUTCOMES.create(conn)
+        from clinic_lib.migrate import schema_version
+        schema_version.create(conn)
+        conn.execute(schema_version.insert(), [{"version": v, "description": f"version {v}",
+                                                "applied_at": "2026-11-01T00:00:00+00:00"} for v in (1, 2, 3)])
+    reception_data.load_clinic(engine)
+    with db.begin_write(engine) as conn:
+        conn.execute(VERSION_3_CALL_OUTCOMES.insert(), [
+            {"appointment_id": 101, "outcome": "voicemail", "note": "left a message",
+             "recorded_at": "2026-03-29T17:00:00+00:00"},
+            {"appointment_id": 101, "outcome": "confirmed", "note": None,
+             "recorded_at": "2026-03-29T17:30:00+00:00"}])
+
+
+def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
+    """Migration 5 adds the accounts and call_outcomes.recorded_by to a version-3 database with
+    call outcomes in it: the outcomes stay, without a name; new ones can carry one."""
+    engine = db.make_engine(db_url)
+    make_version_3_db(engine)
+    before = table_dump(engine)
+    assert migrate(engine) == [5]
+    assert migrate(engine) == []
+    after = table_dump(engine)
+    assert after["users"] == []
+    assert [row[:5] + row[5:] for row in after["call_outcomes"]] == \
+        [row + (None,) for row in before["call_outcomes"]]  # the old rows, recorded_by NULL
+    assert {t: rows for t, rows in after.items() if t not in ("schema_version", "users", "call_outcomes")} == \
+        {t: rows for t, rows in before.items() if t not in ("schema_version", "call_outcomes")}
+    from clinic_lib import users
+    anna = users.add_user(engine, "anna", "anna's evening password")
+    with db.begin_write(engine) as conn:
+        conn.execute(db.call_outcomes.insert().values(appointment_id=102, outcome="reached",
+                                                      recorded_at="2026-03-29T18:00:00+00:00", recorded_by=anna.user_id))
+    with pytest.raises(sa.exc.IntegrityError):  # the new column refers to an account
+        with db.begin_write(engine) as conn:
+            conn.execute(db.call_outcomes.insert().values(appointment_id=102, outcome="reached",
+                                                          recorded_at="2026-03-29T18:00:00+00:00", recorded_by=999))
+    with engine.connect() as conn:
+        names = conn.execute(sa.select(db.call_outcomes.c.outcome_id, db.users.c.name).select_from(
+            db.call_outcomes.outerjoin(db.users, db.users.c.user_id == db.call_outcomes.c.recorded_by))
+            .order_by(db.call_outcomes.c.outcome_id)).all()
+    assert [tuple(n) for n in names] == [(1, None), (2, None), (3, "anna")]
+    engine.dispose()
+
+
+def test_a_migration_with_a_lower_number_still_runs_after_a_higher_one(db_url, monkeypatch):
+    """Numbers are reserved per change: a database at {1, 2, 3, 5} gains 4 when it arrives."""
+    import clinic_lib.migrate as m
+    engine = db.make_engine(db_url)
+    assert migrate(engine) == [1, 2, 3, 5]
+    ran = []
+    monkeypatch.setattr(m, "MIGRATIONS", sorted(m.MIGRATIONS + [(4, "a later change", lambda conn: ran.append(4))]))
+    m.ensure_schema(engine)
+    assert ran == [4]
+    assert migrate(engine) == []
+    with engine.connect() as conn:
+        assert m.applied_versions(conn) == {1, 2, 3, 4, 5}
+    engine.dispose()
