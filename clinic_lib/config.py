@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
 
+from .errors import CannotRun
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,6 +77,12 @@ class Settings:
     phone_region: str = "DE"  # region for phone numbers written without +country
     # Dashboard (issue 6)
     dashboard_port: int = 8866
+    # The model in practice and the call holdout (see docs/monitoring.md, docs/call-effect.md)
+    call_holdout_share: float = 0.0  # share of each evening's list held out from calls (0 = off)
+    holdout_secret: str | None = None  # CLINIC_HOLDOUT_SECRET; None: holdout.py keeps one in data_dir
+    retrain_calibration_gap: float = 0.05
+    retrain_auc_drop: float = 0.05
+    retrain_min_scored: int = 1000
 
     @property
     def raw_dir(self) -> Path:
@@ -110,6 +118,27 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+class ConfigError(CannotRun):
+    """A setting with a value the clinic cannot run with; the message names the setting."""
+
+
+MAX_CALL_HOLDOUT_SHARE = 0.5  # more would leave reception with less than half of its list
+
+
+def _number(env: dict, name: str, default: float, low: float, high: float, meaning: str) -> float:
+    """A float setting in [low, high]; anything else is a ConfigError naming it."""
+    raw = env.get(name)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name}={raw!r}: expected {meaning}, a number from {low:g} to {high:g}")
+    return value
 
 
 DEFAULT_PRIORITY_WEIGHTS = {
@@ -155,4 +184,13 @@ def get_settings() -> Settings:
         payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
         phone_region=(env.get("PHONE_REGION") or "DE").upper(),
         dashboard_port=int(env.get("CLINIC_DASHBOARD_PORT") or 8866),
+        call_holdout_share=_number(env, "CALL_HOLDOUT_SHARE", 0.0, 0.0, MAX_CALL_HOLDOUT_SHARE,
+                                   "the share of each evening's list held out from calls (0 = off)"),
+        holdout_secret=env.get("CLINIC_HOLDOUT_SECRET") or None,
+        retrain_calibration_gap=_number(env, "RETRAIN_CALIBRATION_GAP", 0.05, 0.0, 1.0,
+                                        "the calibration gap that triggers a retrain"),
+        retrain_auc_drop=_number(env, "RETRAIN_AUC_DROP", 0.05, 0.0, 1.0,
+                                 "the drop in ROC AUC below the holdout estimate that triggers a retrain"),
+        retrain_min_scored=int(_number(env, "RETRAIN_MIN_SCORED", 1000, 0, 10**9,
+                                       "the scored appointments with an outcome a retrain on evidence needs")),
     )

@@ -266,12 +266,26 @@ def _migration_3(conn: sa.Connection) -> None:
                 current[name].create(conn)
 
 
+def _migration_7(conn: sa.Connection) -> None:
+    """The model-monitoring table and the call holdout's flag on the callback list.
+
+    Migration 1 creates today's tables, which already have both: each change only if missing.
+    """
+    db.model_monitoring.create(conn, checkfirst=True)
+    if "holdout" not in {c["name"] for c in sa.inspect(conn).get_columns("priorities")}:
+        # the same statement on SQLite and Postgres; existing rows were never held out
+        conn.exec_driver_sql("ALTER TABLE priorities ADD COLUMN holdout SMALLINT DEFAULT '0' NOT NULL "
+                             "CONSTRAINT ck_priorities_holdout_flag CHECK (holdout IN (0, 1))")
+
+
 MIGRATIONS = [
     (1, "initial schema: clinic data, run logs, scores, priorities, call outcomes, reminders",
      _migration_1),
     (2, "source_day (which drop wrote a row, indexed) and covering indices for validation", _migration_2),
     (3, "fewer, wider indices: covering slot indices per patient and physio, partial source_day "
         "indices, no duplicate payments index", _migration_3),
+    (7, "model monitoring (one row per scored day with known outcomes) and the call holdout flag "
+        "on priorities", _migration_7),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

@@ -53,3 +53,30 @@ def test_database_urls_people_paste():
 def test_relative_folders_are_relative_to_project_root(monkeypatch):
     monkeypatch.setenv("CLINIC_OUTPUTS_DIR", "elsewhere/out")
     assert get_settings().outputs_dir == PROJECT_ROOT / "elsewhere" / "out"
+
+
+def test_call_holdout_share_is_checked_when_settings_are_read(monkeypatch):
+    import pytest
+    from clinic_lib.config import ConfigError
+    monkeypatch.delenv("CALL_HOLDOUT_SHARE", raising=False)
+    assert get_settings().call_holdout_share == 0.0  # off by default
+    for good, expected in (("0", 0.0), ("0.2", 0.2), ("0.5", 0.5), (" ", 0.0)):
+        monkeypatch.setenv("CALL_HOLDOUT_SHARE", good)
+        assert get_settings().call_holdout_share == expected
+    for bad in ("0.6", "-0.1", "20%", "nan", "1"):
+        monkeypatch.setenv("CALL_HOLDOUT_SHARE", bad)
+        with pytest.raises(ConfigError) as info:
+            get_settings()
+        assert str(info.value) == (f"CALL_HOLDOUT_SHARE={bad!r}: expected the share of each evening's list "
+                                   "held out from calls (0 = off), a number from 0 to 0.5")
+
+
+def test_retrain_thresholds_have_documented_defaults(monkeypatch):
+    for key in ("RETRAIN_CALIBRATION_GAP", "RETRAIN_AUC_DROP", "RETRAIN_MIN_SCORED"):
+        monkeypatch.delenv(key, raising=False)
+    s = get_settings()
+    assert (s.retrain_calibration_gap, s.retrain_auc_drop, s.retrain_min_scored) == (0.05, 0.05, 1000)
+    monkeypatch.setenv("RETRAIN_AUC_DROP", "0.03")
+    monkeypatch.setenv("RETRAIN_MIN_SCORED", "200")
+    s = get_settings()
+    assert (s.retrain_auc_drop, s.retrain_min_scored) == (0.03, 200)
