@@ -318,3 +318,38 @@ def date_range(start, end, engine: sa.Engine | None = None) -> tuple[dt.date, dt
         today = dt.date.today()
         return parse_day(start) if start else today, parse_day(end) if end else today
     return parse_day(start or str(first)), parse_day(end or str(last))
+
+
+def show(fig) -> None:
+    """Show a figure in a notebook with its axes' titles as the image's alternative text, once."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    alt = "; ".join(ax.get_title() for ax in fig.axes if ax.get_title()) or "figure"
+    display(fig, metadata={"image/png": {"alt": alt}})
+    plt.close(fig)
+
+
+@dataclass
+class CallEffectReport:
+    """Everything the call-effect notebook shows, from ``analyse``."""
+    start: dt.date
+    end: dt.date
+    k: int
+    rows: pd.DataFrame  # call_list_rows
+    reach: pd.DataFrame  # reach_summary
+    observational: pd.DataFrame  # observational_table
+    effect: HoldoutEffect
+
+
+def analyse(start=None, end=None, bands=None, k: int | None = None, engine: sa.Engine | None = None,
+            settings: Settings | None = None, level: float = 0.95) -> CallEffectReport:
+    """Both comparisons for the evening lists of [start, end] (empty: every day with a list)."""
+    settings = settings or get_settings()
+    engine = engine or db.make_engine(settings.database_url)
+    start, end = date_range(start, end, engine)
+    k = int(k or settings.call_capacity)
+    rows = call_list_rows(start, end, engine, settings, k=k, bands=bands)
+    if rows.empty:
+        rows["band"] = assign_bands([], band_cuts(bands, settings))
+    return CallEffectReport(start, end, k, rows, reach_summary(rows), observational_table(rows),
+                            holdout_effect(rows, level))

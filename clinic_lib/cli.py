@@ -40,6 +40,8 @@ def args_demo(p):
     p.add_argument("--drop-days", type=int, default=14, help="how many daily drops, ending today")
     p.add_argument("--scale", type=int, default=1, help="multiply physios and patients (20 = ~1M appointments)")
     p.add_argument("--data-dir", type=Path, default=None, help="default: the configured data folder")
+    p.add_argument("--call-odds-ratio", type=float, default=None,
+                   help="the planted effect of a reached call on the odds of failing (default 0.6; 1 = none)")
 
 
 def cmd_demo(a):
@@ -48,7 +50,8 @@ def cmd_demo(a):
     summary = generate_demo(
         a.data_dir or get_settings().data_dir, seed=a.seed, today=a.today or _today(),
         physios=a.physios * a.scale, patients=(a.patients or 400 * a.physios) * a.scale,
-        days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days)
+        days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days,
+        **({"call_odds_ratio": a.call_odds_ratio} if a.call_odds_ratio is not None else {}))
     for key, value in summary.items():
         print(f"{key}: {value}")
     today = a.today or _today()
