@@ -282,6 +282,25 @@ def cmd_dashboard(a):
     return 0
 
 
+def args_monitor(p):
+    p.add_argument("--day", type=_day, default=None, help="the day whose drop was applied last (default: today)")
+    p.add_argument("--recompute-from", type=_day, default=None,
+                   help="recompute every scored day from this day to --day (after changing LATE_CANCEL_HOURS)")
+
+
+def cmd_monitor(a):
+    from .monitoring import recompute_monitoring, retrain_decision, update_monitoring
+    day = a.day or _today()
+    result = (recompute_monitoring(a.recompute_from, day) if a.recompute_from else update_monitoring(day))
+    print(result.summary())
+    decision = retrain_decision(day)
+    if decision.figures is not None:
+        print(decision.figures.table().to_string(float_format=lambda v: f"{v:.3f}"))
+        print(decision.figures.by_band.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"retrain: {decision.reason}" if decision.retrain else "retrain: no (nothing passes its threshold)")
+    return 0
+
+
 COMMANDS = {
     "demo": (args_demo, cmd_demo, "generate the demo clinic's CSV files (data/raw and daily drops)"),
     "load": (args_load, cmd_load, "initial load of data/raw/ into the database"),
@@ -298,6 +317,8 @@ COMMANDS = {
     "reminders": (args_reminders, cmd_reminders, "write (and send) the reminder emails of a clinic day"),
     "api": (args_api, cmd_api, "serve the reception API (waitress)"),
     "dashboard": (args_dashboard, cmd_dashboard, "serve the KPI dashboard (Voila, http://127.0.0.1:8866/)"),
+    "monitor": (args_monitor, cmd_monitor, "update the model-in-practice table after a day's refresh; print the "
+                                           "last 4 weeks against the holdout estimate and whether to retrain"),
 }
 
 

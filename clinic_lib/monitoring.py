@@ -122,11 +122,17 @@ def list_query(start=None, end=None, days=None, k: int = 10) -> sa.Select:
             .where(_days_condition(p.c.day, start, end, days), p.c.rank <= int(k)))
 
 
+def _frame(rows, columns) -> pd.DataFrame:
+    """Result rows as a frame, column by column (pandas inspects row objects one by one: 10x slower)."""
+    data = list(zip(*rows)) if rows else [[] for _ in columns]
+    return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(columns, data)})
+
+
 def scored_outcomes(conn, start=None, end=None, days=None, model_version: str | None = None,
                     late_cancel_hours: float = 24.0) -> pd.DataFrame:
     """Every score of the days in [start, end] (or of ``days``) with its appointment's outcome:
     ``SCORED_COLUMNS`` plus has_outcome and failed (see ``judge``)."""
-    rows = pd.DataFrame(conn.execute(scored_query(start, end, days, model_version)).all(), columns=SCORED_COLUMNS)
+    rows = _frame(conn.execute(scored_query(start, end, days, model_version)).all(), SCORED_COLUMNS)
     if rows.empty:
         return rows.assign(has_outcome=pd.Series(dtype=bool), failed=pd.Series(dtype=bool))
     rows["risk"] = rows["risk"].astype(float)
@@ -137,7 +143,7 @@ def list_outcomes(conn, start=None, end=None, days=None, k: int = 10,
                   late_cancel_hours: float = 24.0) -> pd.DataFrame:
     """The call lists' top ``k`` ranks of the days in [start, end] (or of ``days``) with their
     appointments' outcomes: ``LIST_COLUMNS`` plus has_outcome and failed."""
-    rows = pd.DataFrame(conn.execute(list_query(start, end, days, k)).all(), columns=LIST_COLUMNS)
+    rows = _frame(conn.execute(list_query(start, end, days, k)).all(), LIST_COLUMNS)
     if rows.empty:
         return rows.assign(has_outcome=pd.Series(dtype=bool), failed=pd.Series(dtype=bool))
     return judge(rows, late_cancel_hours)

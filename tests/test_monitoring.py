@@ -305,3 +305,14 @@ def test_four_week_queries_use_indices(tmp_path):
                 assert index in plan, (name, plan)
             assert "SCAN" not in plan, (name, plan)
 
+
+
+def test_clinic_monitor_command(clinic, capsys):
+    from clinic_lib.cli import main
+    assert main(["monitor", "--day", "2026-03-31"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("model monitoring after 2026-03-31: 2 day(s) recomputed (2026-03-30, "
+                                   "2026-03-31)")
+    assert out.splitlines()[-1] == "retrain: there is no usable model"
+    assert main(["monitor", "--day", "2026-03-31", "--recompute-from", "2026-03-01"]) == 0
+    assert capsys.readouterr().out.startswith("model monitoring after 2026-03-31: 2 day(s) recomputed")
