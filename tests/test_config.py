@@ -80,3 +80,14 @@ def test_retrain_thresholds_have_documented_defaults(monkeypatch):
     monkeypatch.setenv("RETRAIN_MIN_SCORED", "200")
     s = get_settings()
     assert (s.retrain_auc_drop, s.retrain_min_scored) == (0.03, 200)
+
+
+def test_a_bad_holdout_share_stops_run_daily_at_start_up(tmp_path):
+    env = {**os.environ, "CALL_HOLDOUT_SHARE": "0.7", "DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+           "CLINIC_OUTPUTS_DIR": str(tmp_path / "outputs"), "CLINIC_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_daily.py"), "--day", "2026-11-24"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("CALL_HOLDOUT_SHARE='0.7': expected the share of each evening's list held "
+                                       "out from calls (0 = off), a number from 0 to 0.5")
+    assert not (tmp_path / "outputs" / "runs").exists() and not (tmp_path / "c.db").exists()

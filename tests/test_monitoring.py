@@ -15,7 +15,6 @@ import json
 
 import joblib
 import pytest
-import sqlalchemy as sa
 
 from clinic_lib import db
 from clinic_lib import features as F
