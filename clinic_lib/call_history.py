@@ -107,7 +107,7 @@ def import_call_history(conn, history: dict[str, pd.DataFrame], appointments: pd
                         patients: pd.DataFrame, thresholds) -> int:
     """Write the parsed files into priorities and call_outcomes (the caller's transaction); the
     appointments and patients frames are the load's. Returns the rows written."""
-    from .priorities import _phone_missing, bucket_of
+    from .priorities import HOLDOUT_REASON, _phone_missing, bucket_of
     from .refresh import bulk_insert
     written = 0
     appts = appointments[["appointment_id", "patient_id", "is_first_visit", "local_date"]]
@@ -122,7 +122,7 @@ def import_call_history(conn, history: dict[str, pd.DataFrame], appointments: pd
                             "list's day", line=pos + 2, column="appointment_id", value=rows["appointment_id"].iloc[pos])
         pat = patients.set_index("patient_id")
         phone = rows["patient_id"].map(pat["phone"])
-        reason = np.where(rows["holdout"] == 1, "hold out: do not call; " + IMPORTED_REASON, IMPORTED_REASON)
+        reason = np.where(rows["holdout"] == 1, HOLDOUT_REASON + IMPORTED_REASON, IMPORTED_REASON)
         frame = pd.DataFrame({
             "day": rows["day"], "appointment_id": rows["appointment_id"], "rank": rows["rank"],
             "patient_id": rows["patient_id"], "is_new_patient": rows["is_first_visit"].astype(int),

@@ -19,7 +19,7 @@ row was written: no row yet (the day's outcomes just arrived), other scores (ano
 rescoring: count or latest ``scored_at`` differ), another list (latest ``built_at`` of its top k
 differs), another k. It also recomputes every scored day whose appointments the drop D wrote (rows
 with ``source_day`` = D: a late or corrected drop), and deletes the rows of days whose scores are
-gone. A day's row is replaced, never added twice; recomputing gives the same row. All of it is
+gone. Days after the latest drop applied (max ``source_day``) wait for theirs. A day's row is replaced, never added twice; recomputing gives the same row. All of it is
 one transaction. ``recompute_monitoring(start, end)`` redoes a range (after changing
 LATE_CANCEL_HOURS, say).
 
@@ -322,14 +322,16 @@ def update_monitoring(day, engine: sa.Engine | None = None, settings: Settings |
     with engine.connect() as conn:
         latest = latest_drop_day(conn)
         known = max(day.isoformat(), latest) if latest else day.isoformat()
+        # a day after the latest drop has no outcomes yet: not judged before its drop comes
+        hi = min(day.isoformat(), latest) if latest else day.isoformat()
         lo = (day - dt.timedelta(days=LOOKBACK_DAYS)).isoformat()
-        scored, built, stored = _signatures(conn, lo, day.isoformat(), k)
+        scored, built, stored = _signatures(conn, lo, hi, k)
         recompute = {d for d, (n, s) in scored.items()
                      if stored.get(d) != (n, s, built.get(d), k)}
         delete = {d for d in stored if d not in scored}
         written = _days_written_by(conn, drop_days if drop_days is not None else [day], known)
         recompute |= {d for d in written if d in scored} | _scored_days(conn, {d for d in written
-                                                                               if d < lo or d > day.isoformat()})
+                                                                               if d < lo or d > hi})
     if recompute or delete:
         _write(engine, settings, recompute, delete)
     return MonitoringUpdate(day, sorted(recompute), sorted(delete), time.perf_counter() - t0)
@@ -337,14 +339,17 @@ def update_monitoring(day, engine: sa.Engine | None = None, settings: Settings |
 
 def recompute_monitoring(start, end, engine: sa.Engine | None = None,
                          settings: Settings | None = None) -> MonitoringUpdate:
-    """Recompute the rows of every scored day in [start, end] (and drop those without scores)."""
+    """Recompute the rows of every scored day in [start, end] up to the latest drop (and drop the
+    rows of days without scores)."""
     t0 = time.perf_counter()
     settings = settings or get_settings()
     start, end = parse_day(start), parse_day(end)
     engine = engine or db.make_engine(settings.database_url)
     ensure_schema(engine)
     with engine.connect() as conn:
-        scored, _, stored = _signatures(conn, start.isoformat(), end.isoformat(), settings.call_capacity)
+        latest = latest_drop_day(conn)
+        hi = min(end.isoformat(), latest) if latest else end.isoformat()
+        scored, _, stored = _signatures(conn, start.isoformat(), hi, settings.call_capacity)
     recompute, delete = set(scored), set(stored) - set(scored)
     if recompute or delete:
         _write(engine, settings, recompute, delete)

@@ -315,3 +315,16 @@ def test_clinic_monitor_command(clinic, capsys):
     assert out.splitlines()[-1] == "retrain: there is no usable model"
     assert main(["monitor", "--day", "2026-03-31", "--recompute-from", "2026-03-01"]) == 0
     assert capsys.readouterr().out.startswith("model monitoring after 2026-03-31: 2 day(s) recomputed")
+
+
+def test_a_day_after_the_latest_drop_waits_for_it(clinic):
+    """S2's drop has not come (the latest drop is S1's): S2 gets no row until its drop is applied."""
+    a = db.appointments
+    with db.begin_write(clinic) as conn:
+        conn.execute(a.update().where(a.c.local_date == S1.isoformat()).values(source_day=S1.isoformat()))
+    assert update_monitoring(S2, clinic).recomputed == ["2026-03-30"]
+    assert recompute_monitoring(S1, S3, clinic).recomputed == ["2026-03-30"]
+    with db.begin_write(clinic) as conn:
+        conn.execute(a.update().where(a.c.local_date == S2.isoformat()).values(source_day=S2.isoformat()))
+    assert update_monitoring(S2, clinic).recomputed == ["2026-03-31"]
+    assert set(table(clinic)) == {"2026-03-30", "2026-03-31"}
