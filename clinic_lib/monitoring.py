@@ -123,7 +123,7 @@ def list_query(start=None, end=None, days=None, k: int = 10) -> sa.Select:
 
 
 def _frame(rows, columns) -> pd.DataFrame:
-    """Result rows as a frame, column by column (pandas inspects row objects one by one: 10x slower)."""
+    """Result rows as a frame, column by column (pandas would inspect each row object in turn)."""
     data = list(zip(*rows)) if rows else [[] for _ in columns]
     return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(columns, data)})
 
