@@ -159,7 +159,7 @@ def priorities_sql(sqlite: bool, tz, day: dt.date) -> str:
               ("risk_bucket", "p.risk_bucket"), ("risk_score", finite("p.risk_score")),
               ("risk_source", "p.risk_source"), ("missing_phone", flag("p.missing_phone")),
               ("missing_consent", flag("p.missing_consent")), ("priority_score", finite("p.priority_score")),
-              ("priority_reason", "p.priority_reason"), ("call_status", latest),
+              ("priority_reason", "p.priority_reason"), ("holdout", flag("p.holdout")), ("call_status", latest),
               ("appointment_status", "a.status")]
     item = f"{obj}(" + ", ".join(f"'{k}', {v}" for k, v in fields) + ")"
     joins = """FROM priorities p
@@ -506,8 +506,8 @@ def openapi_spec() -> dict:
         "type": "object",
         "required": ["rank", "appointment_id", "patient_id", "patient_name", "phone", "consent_form_received",
                      "physio_name", "appt_start", "is_new_patient", "risk_bucket", "risk_score", "risk_source",
-                     "missing_phone", "missing_consent", "priority_score", "priority_reason", "call_status",
-                     "appointment_status"],
+                     "missing_phone", "missing_consent", "priority_score", "priority_reason", "holdout",
+                     "call_status", "appointment_status"],
         "properties": {
             "rank": {"type": "integer", "minimum": 1},
             "appointment_id": {"type": "integer"},
@@ -526,6 +526,10 @@ def openapi_spec() -> dict:
             "missing_consent": {"type": "boolean"},
             "priority_score": {"type": "number", "nullable": True},
             "priority_reason": {"type": "string"},
+            "holdout": {"type": "boolean",
+                        "description": "hold out: do not call. The randomised call holdout "
+                                       "(CALL_HOLDOUT_SHARE) keeps this appointment out of the calls, "
+                                       "so that the clinic can measure what the calls change"},
             "call_status": {"type": "string", "enum": list(db.CALL_OUTCOMES), "nullable": True,
                             "description": "the latest call outcome, or null before the first call"},
             "appointment_status": {"type": "string", "enum": list(db.APPOINTMENT_STATUSES),

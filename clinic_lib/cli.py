@@ -40,6 +40,8 @@ def args_demo(p):
     p.add_argument("--drop-days", type=int, default=14, help="how many daily drops, ending today")
     p.add_argument("--scale", type=int, default=1, help="multiply physios and patients (20 = ~1M appointments)")
     p.add_argument("--data-dir", type=Path, default=None, help="default: the configured data folder")
+    p.add_argument("--call-odds-ratio", type=float, default=None,
+                   help="the planted effect of a reached call on the odds of failing (default 0.6; 1 = none)")
 
 
 def cmd_demo(a):
@@ -48,7 +50,8 @@ def cmd_demo(a):
     summary = generate_demo(
         a.data_dir or get_settings().data_dir, seed=a.seed, today=a.today or _today(),
         physios=a.physios * a.scale, patients=(a.patients or 400 * a.physios) * a.scale,
-        days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days)
+        days_history=a.days_history, days_ahead=a.days_ahead, drop_days=a.drop_days,
+        **({"call_odds_ratio": a.call_odds_ratio} if a.call_odds_ratio is not None else {}))
     for key, value in summary.items():
         print(f"{key}: {value}")
     today = a.today or _today()
@@ -348,6 +351,25 @@ def cmd_dashboard(a):
     return 0
 
 
+def args_monitor(p):
+    p.add_argument("--day", type=_day, default=None, help="the day whose drop was applied last (default: today)")
+    p.add_argument("--recompute-from", type=_day, default=None,
+                   help="recompute every scored day from this day to --day (after changing LATE_CANCEL_HOURS)")
+
+
+def cmd_monitor(a):
+    from .monitoring import recompute_monitoring, retrain_decision, update_monitoring
+    day = a.day or _today()
+    result = (recompute_monitoring(a.recompute_from, day) if a.recompute_from else update_monitoring(day))
+    print(result.summary())
+    decision = retrain_decision(day)
+    if decision.figures is not None:
+        print(decision.figures.table().to_string(float_format=lambda v: f"{v:.3f}"))
+        print(decision.figures.by_band.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"retrain: {decision.reason}" if decision.retrain else "retrain: no (nothing passes its threshold)")
+    return 0
+
+
 COMMANDS = {
     "demo": (args_demo, cmd_demo, "generate the demo clinic's CSV files (data/raw and daily drops)"),
     "load": (args_load, cmd_load, "initial load of data/raw/ into the database"),
@@ -365,6 +387,8 @@ COMMANDS = {
     "api": (args_api, cmd_api, "serve reception's screen and the reception API (waitress)"),
     "user": (args_user, cmd_user, "reception's accounts for the screen: add, list, disable, enable, reset-password"),
     "dashboard": (args_dashboard, cmd_dashboard, "serve the KPI dashboard (Voila, http://127.0.0.1:8866/)"),
+    "monitor": (args_monitor, cmd_monitor, "update the model-in-practice table after a day's refresh; print the "
+                                           "last 4 weeks against the holdout estimate and whether to retrain"),
 }
 
 

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
 
+from .errors import CannotRun
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,6 +81,12 @@ class Settings:
     secret_key: str | None = None  # None: generated once into <data_dir>/secret_key
     session_idle_minutes: float = 30.0
     https: bool = False  # a TLS proxy in front: session cookies are Secure, remote clients are served
+    # The model in practice and the call holdout (see docs/monitoring.md, docs/call-effect.md)
+    call_holdout_share: float = 0.0  # share of each evening's list held out from calls (0 = off)
+    holdout_secret: str | None = None  # CLINIC_HOLDOUT_SECRET; None: holdout.py keeps one in data_dir
+    retrain_calibration_gap: float = 0.05
+    retrain_auc_drop: float = 0.05
+    retrain_min_scored: int = 1000
 
     @property
     def raw_dir(self) -> Path:
@@ -114,6 +122,27 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+class ConfigError(CannotRun):
+    """A setting with a value the clinic cannot run with; the message names the setting."""
+
+
+MAX_CALL_HOLDOUT_SHARE = 0.5  # more would leave reception with less than half of its list
+
+
+def _number(env: dict, name: str, default: float, low: float, high: float, meaning: str) -> float:
+    """A float setting in [low, high]; anything else is a ConfigError naming it."""
+    raw = env.get(name)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name}={raw!r}: expected {meaning}, a number from {low:g} to {high:g}")
+    return value
 
 
 DEFAULT_PRIORITY_WEIGHTS = {
@@ -162,4 +191,13 @@ def get_settings() -> Settings:
         secret_key=env.get("CLINIC_SECRET_KEY") or None,
         session_idle_minutes=float(env.get("CLINIC_SESSION_IDLE_MINUTES") or 30),
         https=(env.get("CLINIC_HTTPS") or "0").strip().lower() in ("1", "true", "yes", "on"),
+        call_holdout_share=_number(env, "CALL_HOLDOUT_SHARE", 0.0, 0.0, MAX_CALL_HOLDOUT_SHARE,
+                                   "the share of each evening's list held out from calls (0 = off)"),
+        holdout_secret=env.get("CLINIC_HOLDOUT_SECRET") or None,
+        retrain_calibration_gap=_number(env, "RETRAIN_CALIBRATION_GAP", 0.05, 0.0, 1.0,
+                                        "the calibration gap that triggers a retrain"),
+        retrain_auc_drop=_number(env, "RETRAIN_AUC_DROP", 0.05, 0.0, 1.0,
+                                 "the drop in ROC AUC below the holdout estimate that triggers a retrain"),
+        retrain_min_scored=int(_number(env, "RETRAIN_MIN_SCORED", 1000, 0, 10**9,
+                                       "the scored appointments with an outcome a retrain on evidence needs")),
     )

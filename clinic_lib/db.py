@@ -275,7 +275,11 @@ priorities = sa.Table(
     sa.Column("priority_score", sa.Float, nullable=False),
     sa.Column("priority_reason", sa.Text, nullable=False),
     sa.Column("built_at", Instant, nullable=False),
+    # 1: held out of the calls at random (CALL_HOLDOUT_SHARE, holdout.py): reception skips the row,
+    # which keeps its rank so the list shows it
+    sa.Column("holdout", Flag, nullable=False, server_default="0"),
     _in("risk_source", ("model", "heuristic"), "priorities"),
+    _flag("holdout", "priorities"),
     sa.Index("ix_priorities_day_rank", "day", "rank"),
 )
 
@@ -314,6 +318,31 @@ call_outcomes = sa.Table(
     sa.Index("ix_call_outcomes_appointment", "appointment_id", "outcome_id"),
 )
 
+# The model in practice: one row per scored day whose outcomes are known (monitoring.py), recomputed
+# whenever the day's scores, its list or its appointments change.
+model_monitoring = sa.Table(
+    "model_monitoring", metadata,
+    sa.Column("day", Day, primary_key=True),
+    sa.Column("n_scored", sa.Integer, nullable=False),  # rows of risk_scores for the day
+    sa.Column("n_outcome", sa.Integer, nullable=False),  # of them with an outcome (the model's target rows)
+    sa.Column("n_failed", sa.Integer, nullable=False),  # of those, no-shows and late cancellations
+    sa.Column("mean_risk", sa.Float),  # mean predicted risk of the rows with an outcome
+    sa.Column("observed_rate", sa.Float),  # n_failed / n_outcome
+    sa.Column("roc_auc", sa.Float),  # NULL unless both outcomes occur
+    sa.Column("k", sa.Integer, nullable=False),  # CALL_CAPACITY when computed
+    sa.Column("list_built", Flag, nullable=False),  # a list (priorities) existed for the day
+    sa.Column("list_n", sa.Integer, nullable=False),  # the list's top k rows
+    sa.Column("list_n_outcome", sa.Integer, nullable=False),  # of them with an outcome
+    sa.Column("list_n_failed", sa.Integer, nullable=False),
+    sa.Column("precision_at_k", sa.Float),  # list_n_failed / list_n_outcome; NULL without a list
+    sa.Column("model_versions", sa.Text, nullable=False),  # the versions that scored the day, comma-separated
+    # what the row was computed from: a day whose scores or list changed since is recomputed
+    sa.Column("scored_at", Instant, nullable=False),  # the latest scored_at of the day's scores
+    sa.Column("built_at", Instant),  # the latest built_at of the list's top k rows
+    sa.Column("computed_at", Instant, nullable=False),
+    _flag("list_built", "model_monitoring"),
+)
+
 reminders = sa.Table(
     "reminders", metadata,
     sa.Column("reminder_id", sa.Integer, primary_key=True, autoincrement=True),
@@ -330,9 +359,10 @@ reminders = sa.Table(
 # Tables holding the clinic's data (what a content hash compares); the rest are run logs.
 DATA_TABLES = ("patients", "physios", "physio_hours", "appointments", "payments")
 # What the daily chain derives from them; a content hash of these leaves out when they were made.
-DERIVED_TABLES = ("risk_scores", "priorities", "reminders", "call_outcomes")
+DERIVED_TABLES = ("risk_scores", "priorities", "reminders", "call_outcomes", "model_monitoring")
 # Bookkeeping a content hash leaves out: when derived rows were made, which drop wrote a row.
-RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at", "source_day"})
+RUN_TIMESTAMP_COLUMNS = frozenset({"scored_at", "built_at", "sent_at", "recorded_at", "source_day",
+                                   "computed_at"})
 
 
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite connection waits for another one's lock

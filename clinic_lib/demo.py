@@ -51,6 +51,13 @@ How the world is built (all vectorised except two short loops over series and ph
 6. Payments for completed visits: 80 % the same day 1-20 min after the end (card 65 % / cash),
    15 % later (insurance 60 % / transfer, 3-60 days, weekdays), 5 % never; 2 % of the same-day
    ones are split (40 % now, the rest by transfer later).
+7. Evening lists and calls until the raw export (``_evening_lists``, ``CALLS``): for each clinic
+   day, at 17:00 the day before, the CALL_CAPACITY appointments still booked with the highest
+   planted risk of failing; 20 % of them held out at random, the others called if they have a
+   phone and reached with a probability that falls with the patient's unreliability (~50 % on
+   these lists); a reached call multiplies the odds of failing by 0.6. The listed appointments'
+   outcomes are drawn at the list from the same logit with that effect. ``raw`` ships the lists and
+   the call outcomes (``call_history.py``); from the first drop on, the chain builds the lists.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from .config import get_settings
+from .call_history import CALL_HISTORY_COLUMNS
 from .dataset import COLUMNS, write_csv
 
 EPOCH = dt.date(1970, 1, 1)
@@ -77,6 +85,15 @@ EFFECTS = {
 }
 # Intercepts (tuned so the rates land in the planted ranges).
 B_NO_SHOW, B_LATE, B_EARLY = -2.4, -3.1, -2.35
+# The evening lists and calls before Clinic Ops (``_evening_lists``): the list for clinic day D is
+# built at 17:00 the day before from the appointments still booked then, the CALL_CAPACITY highest
+# planted risks; ``holdout_share`` of it is held out at random; the others are called between 17:15
+# and 19:30 if they have a phone, and reached with probability logistic(logit(reach_rate) +
+# reach_per_u * u), so the unreliable patients answer less (that is what biases the observational
+# comparison). A reached call multiplies the odds of failing (no-show or late cancel) by
+# ``odds_ratio``; 1.0 plants no effect.
+CALLS = {"holdout_share": 0.2, "reach_rate": 0.7, "reach_per_u": -0.5, "odds_ratio": 0.6,
+         "confirmed_share": 0.85, "voicemail_share": 0.4, "list_hour": 17}
 
 FIRST_NAMES_F = ["Anna", "Maria", "Julia", "Laura", "Lena", "Sarah", "Lisa", "Katharina", "Sophie", "Hannah",
                  "Emma", "Mia", "Lea", "Johanna", "Claudia", "Sabine", "Petra", "Monika", "Ursula", "Andrea",
@@ -274,6 +291,8 @@ class World:
     patients: pd.DataFrame         # all columns of patients.csv except created_at, + created_s
     appts: pd.DataFrame            # ids, times as UTC seconds, final status, canceled_s (-1 none)
     payments: pd.DataFrame         # payment_id, appointment_id, amount_cents, paid_s, method
+    # the simulated evening lists (``_evening_lists``), one row per listed appointment; None without
+    calls: pd.DataFrame | None = None
 
 
 def _series_lengths(rng, n):
@@ -281,8 +300,14 @@ def _series_lengths(rng, n):
 
 
 def build_world(seed: int, today: dt.date, physios: int = 8, patients: int = 3200, days_history: int = 730,
-                days_ahead: int = 21, tz=None) -> World:
-    """Simulate every appointment in [today - days_history, today + days_ahead] (see module doc)."""
+                days_ahead: int = 21, tz=None, calls_until: dt.date | None = None, call_capacity: int = 10,
+                call_holdout_share: float = CALLS["holdout_share"],
+                call_odds_ratio: float = CALLS["odds_ratio"]) -> World:
+    """Simulate every appointment in [today - days_history, today + days_ahead] (see module doc).
+
+    ``calls_until``: the evening lists and calls of every clinic day up to the day after it are
+    simulated (``_evening_lists``) and change the outcomes of the listed appointments; None: none.
+    """
     tz = tz or get_settings().clinic_tz
     rng = np.random.default_rng(seed)
     n_ph = int(physios)
@@ -511,6 +536,15 @@ def build_world(seed: int, today: dt.date, physios: int = 8, patients: int = 320
 
     outcome, canceled = _outcomes(rng, e_patient, e_start, e_booked, e_first, e_min, e_day, u_patient,
                                   age, dob_known, reminders, phone_known, consent_form, d_today, tz)
+    calls = None
+    if calls_until is not None:
+        # its own random stream: the world up to the outcomes is the same with or without the calls
+        call_rng = np.random.default_rng([seed, 1])
+        a_ns, a_late, _ = _logits(e_patient, e_start, e_booked, e_first, e_min, e_day, u_patient, age, dob_known,
+                                  reminders, phone_known, consent_form)
+        outcome, canceled, calls = _evening_lists(
+            call_rng, e_day, e_start, e_booked, outcome, canceled, a_ns, a_late, u_patient[e_patient],
+            phone_known[e_patient], d0, _dn(calls_until) + 1, call_capacity, call_holdout_share, call_odds_ratio, tz)
 
     # --- re-bookings of canceled slots by another patient of the same physio ---
     can = np.flatnonzero(outcome >= 2)
@@ -555,6 +589,10 @@ def build_world(seed: int, today: dt.date, physios: int = 8, patients: int = 320
     a_fill = np.r_[e_fill, np.ones(re.size, dtype=bool)]
     price = np.where(a_first, 9000, np.select([a_dur == 30, a_dur == 45], [4500, 6000], 7500))
     order = np.lexsort((a_ph, a_start, a_booked))
+    if calls is not None:  # entry i of the simulation is appointment id_of_entry[i]
+        id_of_entry = np.empty(order.size, dtype=np.int64)
+        id_of_entry[order] = np.arange(1, order.size + 1)
+        calls.insert(2, "appointment_id", id_of_entry[calls.pop("entry").to_numpy()])
     appts = pd.DataFrame({
         "appointment_id": np.arange(1, order.size + 1), "patient": a_patient[order],
         "physio_id": a_ph[order] + 1, "start_s": a_start[order], "end_s": a_end[order],
@@ -596,7 +634,66 @@ def build_world(seed: int, today: dt.date, physios: int = 8, patients: int = 320
            for p in range(n_ph) for (w, s, e) in rosters[p]]
     hours = pd.DataFrame(hrs, columns=COLUMNS["physio_hours"]).sort_values(
         ["physio_id", "weekday", "start_time"], kind="stable").reset_index(drop=True)
-    return World(ph, hours, pat, appts, payments)
+    return World(ph, hours, pat, appts, payments, calls)
+
+
+def _evening_lists(rng, day, start, booked, outcome, canceled, a_ns, a_late, u, phone, first_day: int,
+                   last_day: int, k: int, share: float, odds_ratio: float, tz):
+    """The evening lists of clinic days ``first_day + 1 .. last_day`` (day numbers) and their calls.
+
+    For clinic day D the list is built at CALLS["list_hour"] on D - 1 from the appointments of D
+    booked before then and not canceled by then (early cancellations all are: they come more than
+    24 h before the start), the ``k`` highest planted risks of failing from then on:
+    p0 = (e^a_ns + e^a_late) / (1 + e^a_ns + e^a_late). A listed appointment's outcome is drawn
+    again from that three-way logit (completed, no-show, late cancel after the calls), with
+    log(odds_ratio) added to both failure scores when its call reached the patient.
+
+    Returns the new outcomes and cancellation instants, and a frame with one row per listed
+    appointment: day, rank, entry (its index here), risk (p0), holdout, called, reached,
+    call_outcome, built_s, recorded_s (-1: no call), p_fail_held_out (p0), p_fail_to_call (the
+    expected failure probability if put on the calls: reach * p1 + (1 - reach) * p0), failed."""
+    c = CALLS
+    built = _localize((day - 1) * DAY_S + c["list_hour"] * 3600, tz)
+    booked_then = (booked < built) & ((canceled < 0) | (canceled >= built))
+    cand = np.flatnonzero(booked_then & (day > first_day) & (day <= last_day))
+    p0 = 1.0 / (1.0 + np.exp(-np.logaddexp(a_ns[cand], a_late[cand])))
+    order = np.lexsort((cand, start[cand], -p0, day[cand]))
+    cand, p0 = cand[order], p0[order]
+    rank = pd.Series(day[cand]).groupby(day[cand]).cumcount().to_numpy() + 1
+    keep = rank <= k
+    idx, p0, rank = cand[keep], p0[keep], rank[keep]
+    n = idx.size
+    holdout = rng.random(n) < share
+    called = ~holdout & phone[idx]
+    reach_p = 1.0 / (1.0 + np.exp(-(np.log(c["reach_rate"] / (1 - c["reach_rate"])) + c["reach_per_u"] * u[idx])))
+    reached = called & (rng.random(n) < reach_p)
+    shift = np.where(reached, np.log(odds_ratio), 0.0)
+    e_ns, e_late = np.exp(a_ns[idx] + shift), np.exp(a_late[idx] + shift)
+    total = 1.0 + e_ns + e_late
+    r = rng.random(n)
+    new = np.where(r < 1.0 / total, 0, np.where(r < (1.0 + e_ns) / total, 1, 2))
+    late = new == 2
+    lo = np.maximum.reduce([built[idx] + 3 * 3600, start[idx] - 24 * 3600 + 60, booked[idx] + 60])
+    hi = np.maximum(start[idx] - 600, lo + 1)
+    can = np.where(late, _daytime_between(rng, lo, hi, tz), -1)
+    outcome, canceled = outcome.copy(), canceled.copy()
+    outcome[idx] = new
+    canceled[idx] = can
+    # what the calls would give on average: the truth an analysis of the holdout should find
+    e_ns1, e_late1 = np.exp(a_ns[idx] + np.log(odds_ratio)), np.exp(a_late[idx] + np.log(odds_ratio))
+    p1 = (e_ns1 + e_late1) / (1.0 + e_ns1 + e_late1)
+    p_to_call = np.where(phone[idx], reach_p * p1 + (1 - reach_p) * p0, p0)
+    u_word = rng.random(n)
+    word = np.where(reached, np.where(u_word < c["confirmed_share"], "confirmed", "reached"),
+                    np.where(u_word < c["voicemail_share"], "voicemail", "no_answer"))
+    recorded = np.where(called, built[idx] + rng.integers(15 * 60, 150 * 60, n), -1)
+    calls = pd.DataFrame({
+        "day": np.datetime_as_string(day[idx].astype("datetime64[D]")).astype(object),
+        "rank": rank, "entry": idx, "risk": np.round(p0, 4), "holdout": holdout.astype(np.int64),
+        "called": called, "reached": reached, "call_outcome": np.where(called, word, ""),
+        "built_s": built[idx], "recorded_s": recorded, "p_fail_held_out": p0, "p_fail_to_call": p_to_call,
+        "failed": new >= 1})
+    return outcome, canceled, calls
 
 
 def _booking_times(rng, day, start_min, lead, tz):
@@ -612,9 +709,9 @@ def _booking_times(rng, day, start_min, lead, tz):
     return _localize(bday * DAY_S + minute * 60 + sec, tz)
 
 
-def _outcomes(rng, patient, start, booked, first, start_min, day, u, age, dob_known, reminders,
-              phone_known, consent_form, d_today, tz):
-    """0 completed, 1 no-show, 2 late cancel (< 24 h), 3 early cancel; and canceled_at (-1 if none)."""
+def _logits(patient, start, booked, first, start_min, day, u, age, dob_known, reminders, phone_known,
+            consent_form):
+    """The planted multinomial logit's scores of no-show, late cancel and early cancel (completed: 0)."""
     E = EFFECTS
     lead_h = (start - booked) / 3600.0
     lead_d = lead_h / 24
@@ -633,6 +730,14 @@ def _outcomes(rng, patient, start, booked, first, start_min, day, u, age, dob_kn
     a_late = B_LATE + 0.9 * up + 0.8 * x
     early_lead = np.select([lead_d < 8, lead_d < 15, lead_d <= 30], [0.0, 0.3, 0.6], 0.9)
     a_early = np.where(lead_h > 25, B_EARLY + 0.3 * up + early_lead, -np.inf)
+    return a_ns, a_late, a_early
+
+
+def _outcomes(rng, patient, start, booked, first, start_min, day, u, age, dob_known, reminders,
+              phone_known, consent_form, d_today, tz):
+    """0 completed, 1 no-show, 2 late cancel (< 24 h), 3 early cancel; and canceled_at (-1 if none)."""
+    a_ns, a_late, a_early = _logits(patient, start, booked, first, start_min, day, u, age, dob_known, reminders,
+                                    phone_known, consent_form)
     ex = np.exp(np.stack([np.zeros_like(a_ns), a_ns, a_late, a_early]))
     cum = np.cumsum(ex / ex.sum(axis=0), axis=0)
     r = rng.random(start.size)
@@ -778,16 +883,40 @@ def _write_drop(f: _Formatted, w: World, folder: Path, day: dt.date) -> int:
     return len(appts)
 
 
+def _write_call_history(w: World, folder: Path, cutoff: int, tz) -> dict:
+    """The evening lists built and the calls made before ``cutoff`` (UTC s), in the format of
+    ``call_history.py``: ``call_lists.csv`` and ``call_outcomes.csv``."""
+    c = w.calls
+    lists = c[c["built_s"] < cutoff]
+    write_csv(pd.DataFrame({"day": lists["day"], "rank": lists["rank"], "appointment_id": lists["appointment_id"],
+                            "risk_score": lists["risk"].map("{:.4f}".format), "holdout": lists["holdout"],
+                            "built_at": _fmt(lists["built_s"].to_numpy(), tz)})[CALL_HISTORY_COLUMNS["call_lists"]],
+              folder / "call_lists.csv")
+    made = c[(c["recorded_s"] >= 0) & (c["recorded_s"] < cutoff)].sort_values(["recorded_s", "appointment_id"])
+    write_csv(pd.DataFrame({"appointment_id": made["appointment_id"], "outcome": made["call_outcome"],
+                            "recorded_at": _fmt(made["recorded_s"].to_numpy(), tz)})
+              [CALL_HISTORY_COLUMNS["call_outcomes"]], folder / "call_outcomes.csv")
+    return {"call_list_rows": len(lists), "calls": len(made),
+            "held_out": int(lists["holdout"].sum()), "reached": int(made["call_outcome"].isin(
+                ("reached", "confirmed")).sum())}
+
+
 def generate_demo(data_dir: Path, seed: int, today: dt.date, physios: int = 8, patients: int = 3200,
                   days_history: int = 730, days_ahead: int = 21, drop_days: int = 14,
-                  raw_as_of: dt.date | None = None, raw_dir: Path | None = None) -> dict:
+                  raw_as_of: dt.date | None = None, raw_dir: Path | None = None,
+                  calls_until: dt.date | None = None, call_odds_ratio: float = CALLS["odds_ratio"]) -> dict:
     """Write ``data_dir/raw`` (state at the end of ``raw_as_of``, default ``today - drop_days``, so that
     raw plus every drop in order is the clinic as of ``today``) and the daily
     drops for ``today - drop_days + 1 .. today``; return a summary (counts, rates, paths).
 
     ``raw_dir`` (default ``data_dir/raw``) lets a test write a second raw export of the same world.
+    The clinic phoned from evening lists until the evening of ``calls_until`` (default
+    ``raw_as_of``: from the first drop on, Clinic Ops' own chain builds the lists); ``raw`` holds
+    those lists and calls (``call_lists.csv``, ``call_outcomes.csv``). ``call_odds_ratio``: the
+    planted effect of a reached call on the odds of failing (1.0: none).
     """
-    tz = get_settings().clinic_tz
+    settings = get_settings()
+    tz = settings.clinic_tz
     data_dir = Path(data_dir)
     if physios < 1 or patients < 1 or days_history < 1 or days_ahead < 0 or drop_days < 0:
         from .errors import CannotRun
@@ -795,11 +924,17 @@ def generate_demo(data_dir: Path, seed: int, today: dt.date, physios: int = 8, p
     if drop_days > days_history:
         from .errors import CannotRun
         raise CannotRun(f"demo: drop_days ({drop_days}) must not exceed days_history ({days_history})")
+    if not call_odds_ratio > 0:
+        from .errors import CannotRun
+        raise CannotRun(f"demo: the call's odds ratio must be above 0 (1 = no effect), got {call_odds_ratio}")
     raw_as_of = raw_as_of or (today - dt.timedelta(days=drop_days))
-    w = build_world(seed, today, physios, patients, days_history, days_ahead, tz)
+    calls_until = calls_until or raw_as_of
+    w = build_world(seed, today, physios, patients, days_history, days_ahead, tz, calls_until=calls_until,
+                    call_capacity=settings.call_capacity, call_odds_ratio=call_odds_ratio)
     f = _Formatted(w, tz)
     raw_dir = Path(raw_dir) if raw_dir else data_dir / "raw"
     raw = _write_raw(f, w, raw_dir, raw_as_of)
+    calls = _write_call_history(w, raw_dir, _end_of_day_utc(raw_as_of, tz), tz)
     drops = []
     for k in range(drop_days - 1, -1, -1):
         day = today - dt.timedelta(days=k)
@@ -818,7 +953,7 @@ def generate_demo(data_dir: Path, seed: int, today: dt.date, physios: int = 8, p
         "late_cancel_rate": round(float((past["outcome"] == 2).mean()), 4) if len(past) else 0.0,
         "early_cancel_rate": round(float((past["outcome"] == 3).mean()), 4) if len(past) else 0.0,
         "same_day_booking_share": round(float((lead_h < 12).mean()), 4),
-        "past_appointments": len(past),
+        "past_appointments": len(past), **calls,
         "raw_dir": str(raw_dir), "daily_dir": str(data_dir / "daily"),
         "drops": f"{drops[0]} .. {drops[-1]}" if drops else "none",
     }

@@ -278,6 +278,18 @@ def _migration_5(conn: sa.Connection) -> None:
                              "REFERENCES users (user_id)")
 
 
+def _migration_7(conn: sa.Connection) -> None:
+    """The model-monitoring table and the call holdout's flag on the callback list.
+
+    Migration 1 creates today's tables, which already have both: each change only if missing.
+    """
+    db.model_monitoring.create(conn, checkfirst=True)
+    if "holdout" not in {c["name"] for c in sa.inspect(conn).get_columns("priorities")}:
+        # the same statement on SQLite and Postgres; existing rows were never held out
+        conn.exec_driver_sql("ALTER TABLE priorities ADD COLUMN holdout SMALLINT DEFAULT '0' NOT NULL "
+                             "CONSTRAINT ck_priorities_holdout_flag CHECK (holdout IN (0, 1))")
+
+
 MIGRATIONS = [
     (1, "initial schema: clinic data, run logs, scores, priorities, call outcomes, reminders",
      _migration_1),
@@ -285,8 +297,10 @@ MIGRATIONS = [
     (3, "fewer, wider indices: covering slot indices per patient and physio, partial source_day "
         "indices, no duplicate payments index", _migration_3),
     (5, "reception's accounts (users) and who recorded each call outcome", _migration_5),
+    (7, "model monitoring (one row per scored day with known outcomes) and the call holdout flag "
+        "on priorities", _migration_7),
 ]
-CURRENT_VERSION = MIGRATIONS[-1][0]
+CURRENT_VERSION = max(version for version, _, _ in MIGRATIONS)
 
 
 def applied_versions(conn: sa.Connection) -> set[int]:

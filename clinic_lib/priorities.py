@@ -20,6 +20,11 @@ For every appointment of clinic-local day D that is still ``booked``:
   missing_phone + w_missing_consent * missing_consent + w_early_slot * (local start before 10:00),
   with the weights of ``config.DEFAULT_PRIORITY_WEIGHTS`` (env PRIORITY_WEIGHT_<NAME>).
 - ``priority_reason``: the same facts in words, e.g. ``first visit, high risk 0.41, no phone``.
+- ``holdout``: 1 when the randomised call holdout (``CALL_HOLDOUT_SHARE`` > 0, ``holdout.py``) keeps
+  the appointment out of the calls; its reason then starts with ``hold out: do not call``. A held-out
+  row keeps its place and rank: reception sees it and skips it, and the call-effect analysis compares
+  the held-out rows of the top ``CALL_CAPACITY`` ranks with the others (``call_effect.py``). Reminder
+  emails do not look at it.
 
 The list is sorted by priority_score (highest first), then start time, then appointment id, and
 written to ``outputs/priorities/priorities_D.csv`` and to the ``priorities`` table, replacing D's
@@ -39,16 +44,18 @@ import sqlalchemy as sa
 
 from . import db
 from .config import Settings, get_settings
+from .holdout import clinic_secret, held_out
 from .migrate import ensure_schema
 from .timeutil import parse_day, read_instants, utc_now_text
 
 HEURISTIC = {"base": 0.05, "new_patient": 0.10, "lead": 0.10, "lead_cap_days": 30, "no_show_rate": 0.60}
 EARLY_SLOT_BEFORE = dt.time(10, 0)
+HOLDOUT_REASON = "hold out: do not call; "
 MIN_PHONE_DIGITS = 6
 
 CSV_COLUMNS = ["rank", "day", "appointment_id", "appt_start", "physio_name", "patient_id", "patient_name",
                "phone", "is_new_patient", "missing_phone", "missing_consent", "risk_score", "risk_bucket",
-               "risk_source", "priority_score", "priority_reason"]
+               "risk_source", "priority_score", "priority_reason", "holdout"]
 TABLE_COLUMNS = [c.name for c in db.priorities.columns]
 
 
@@ -173,6 +180,9 @@ def compute_priorities(conn: sa.Connection, day: dt.date, settings: Settings) ->
                                + w["missing_consent"] * frame["missing_consent"]
                                + w["early_slot"] * frame["early_slot"]).round(4)
     frame["priority_reason"] = [_reason(r) for r in frame.itertuples(index=False)]
+    share = settings.call_holdout_share
+    frame["holdout"] = held_out(frame["appointment_id"], share, clinic_secret(settings) if share > 0 else b"")
+    frame.loc[frame["holdout"] == 1, "priority_reason"] = HOLDOUT_REASON + frame["priority_reason"]
     frame["patient_name"] = (frame["first_name"].fillna("") + " " + frame["last_name"].fillna("")).str.strip()
     frame = frame.sort_values(["priority_score", "appt_start_local", "appointment_id"],
                               ascending=[False, True, True], kind="mergesort").reset_index(drop=True)
@@ -216,7 +226,7 @@ def build_priorities(day, engine: sa.Engine | None = None, settings: Settings | 
                          "missing_phone": int(r.missing_phone), "missing_consent": int(r.missing_consent),
                          "risk_score": float(r.risk_score), "risk_bucket": r.risk_bucket,
                          "risk_source": r.risk_source, "priority_score": float(r.priority_score),
-                         "priority_reason": r.priority_reason, "built_at": built_at}
+                         "priority_reason": r.priority_reason, "holdout": int(r.holdout), "built_at": built_at}
                         for r in frame.itertuples(index=False)]
                 conn.execute(db.priorities.insert(), rows)
             # The CSV is written inside the transaction: if it cannot be written, the table is unchanged.

@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import db, sqlite_ingest
+from .call_history import import_call_history, read_call_history
 from .config import get_settings
 from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from .errors import UserError
@@ -314,7 +315,8 @@ def _read_in_key_order(folder: Path, table: str, tz) -> pd.DataFrame:
 
 
 def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replace: bool = False) -> int:
-    """Initial load of ``data/raw/`` (all five files) into an empty database, in one transaction.
+    """Initial load of ``data/raw/`` (all five files, and the optional call history of
+    ``call_history.py``) into an empty database, in one transaction.
 
     With ``replace=True`` the clinic's data already there is deleted first (same transaction).
     Returns the number of rows written.
@@ -327,6 +329,7 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
     started = utc_now_text()
     try:
         check_folder(folder)
+        history = read_call_history(folder)  # a bad value stops the load before anything is written
         # Into a SQLite file each file is read and checked on a second thread while SQLite
         # copies the one before into the database (sqlite_ingest); elsewhere all of them first.
         into_file = db.sqlite_file(engine) is not None
@@ -372,6 +375,9 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                     bulk_insert(conn, table, frame)
                     build_indexes(table)
             written = sum(len(tables[table]) for table in LOAD_ORDER)
+            # the optional evening lists and calls from before Clinic Ops (call_history.py)
+            written += import_call_history(conn, history, tables["appointments"], tables["patients"],
+                                           settings.risk_thresholds)
             if sqlite:  # after the indices: the checks scan them instead of the tables
                 broken = first_broken_rule(conn)
                 if broken:

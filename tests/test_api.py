@@ -25,7 +25,7 @@ TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ITEM_KEYS = {"rank", "appointment_id", "patient_id", "patient_name", "phone", "consent_form_received",
              "physio_name", "appt_start", "is_new_patient", "risk_bucket", "risk_score", "risk_source",
-             "missing_phone", "missing_consent", "priority_score", "priority_reason", "call_status",
+             "missing_phone", "missing_consent", "priority_score", "priority_reason", "holdout", "call_status",
              "appointment_status"}
 
 
@@ -79,12 +79,26 @@ def test_priorities_list(client):
                      "appt_start": "2026-03-30T09:00:00+02:00", "is_new_patient": False, "risk_bucket": "high",
                      "risk_score": 0.41, "risk_source": "model", "missing_phone": False, "missing_consent": False,
                      "priority_score": 0.46, "priority_reason": "high risk 0.41, early slot 09:00",
-                     "call_status": None, "appointment_status": "booked"}
+                     "holdout": False, "call_status": None, "appointment_status": "booked"}
     assert items[1]["phone"] is None and items[1]["missing_phone"] is True
     assert items[2]["risk_source"] == "heuristic"
     # a day without a list: empty, not an error
     assert client.get("/priorities?day=2026-04-01", headers=AUTH).get_json() == {
         "day": "2026-04-01", "count": 0, "built_at": None, "items": []}
+
+
+def test_held_out_rows_are_marked(client, engine, monkeypatch):
+    """With the holdout on, the list keeps its rows and ranks; held-out ones say so (101, 103 here)."""
+    monkeypatch.setenv("CLINIC_HOLDOUT_SECRET", "test-secret")
+    monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.5")
+    build_priorities(DAY, engine=engine)
+    items = client.get("/priorities?day=2026-03-30", headers=AUTH).get_json()["items"]
+    assert [(i["rank"], i["appointment_id"], i["holdout"]) for i in items] == [
+        (1, 101, True), (2, 102, False), (3, 103, True), (4, 104, False)]
+    assert items[0]["priority_reason"] == "hold out: do not call; high risk 0.41, early slot 09:00"
+    item = (openapi_spec()["paths"]["/priorities"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["properties"]["items"]["items"])
+    assert "holdout" in item["required"] and item["properties"]["holdout"]["type"] == "boolean"
 
 
 def test_appt_start_offsets_across_dst(client, engine):

@@ -36,8 +36,9 @@ def demo(tmp_path_factory):
         data = tmp_path_factory.mktemp("demo")
         first_drop = TODAY - dt.timedelta(days=DROP_DAYS - 1)
         summary = generate_demo(data, seed=11, today=TODAY, raw_as_of=first_drop - dt.timedelta(days=1), **SMALL)
+        # the same world (calls until the first drop, as in the one above) exported at the end of TODAY
         generate_demo(data / "as_of_today", seed=11, today=TODAY, raw_as_of=TODAY, raw_dir=data / "raw_today",
-                      **{**SMALL, "drop_days": 0})
+                      calls_until=first_drop - dt.timedelta(days=1), **{**SMALL, "drop_days": 0})
         yield data, summary
 
 
@@ -97,7 +98,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     generate_demo(tmp_path / "b", seed=5, **kw)
     generate_demo(tmp_path / "c", seed=6, **kw)
     a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
-    assert len(a) == 5 + 3 * 4
+    assert len(a) == 7 + 3 * 4  # raw: five clinic files and the call history
     assert a == b
     assert a["raw/appointments.csv"] != c["raw/appointments.csv"]
 
@@ -310,3 +311,136 @@ def test_first_visits_are_long_and_more_often_missed(medium):
     assert ((first["end_s"] - first["start_s"]) == 3600).mean() >= 0.9
     assert (first["price_cents"] == 9000).all() and (a.loc[a["is_first_visit"] == 0, "price_cents"] < 9000).all()
     assert (first["outcome"] == 1).mean() > (a.loc[a["is_first_visit"] == 0, "outcome"] == 1).mean()
+
+
+# --- the evening lists and calls before Clinic Ops --------------------------------------------------
+
+def test_call_history_files(demo):
+    data, summary = demo
+    lists = read_csv_text(data / "raw" / "call_lists.csv")
+    calls = read_csv_text(data / "raw" / "call_outcomes.csv")
+    assert list(lists.columns) == ["day", "rank", "appointment_id", "risk_score", "holdout", "built_at"]
+    assert list(calls.columns) == ["appointment_id", "outcome", "recorded_at"]
+    raw_as_of = (TODAY - dt.timedelta(days=DROP_DAYS)).isoformat()
+    # lists of the clinic days up to the day after the raw export, built at 17:00 the day before
+    assert lists["day"].max() <= (TODAY - dt.timedelta(days=DROP_DAYS - 1)).isoformat()
+    assert lists["built_at"].str[11:19].eq("17:00:00").all() and (lists["built_at"].str[:10] <= raw_as_of).all()
+    assert lists.groupby("day")["rank"].apply(lambda r: list(map(int, r)) == list(range(1, len(r) + 1))).all()
+    assert lists.groupby("day").size().max() == 10  # CALL_CAPACITY
+    assert 0.12 <= (lists["holdout"] == "1").mean() <= 0.28  # 20 % held out
+    held = set(lists.loc[lists["holdout"] == "1", "appointment_id"])
+    assert held and not held & set(calls["appointment_id"])  # nobody held out was called
+    assert set(calls["outcome"]) <= {"confirmed", "reached", "no_answer", "voicemail"}
+    assert (calls["recorded_at"].str[:10] <= raw_as_of).all()
+    assert summary["call_list_rows"] == len(lists) and summary["calls"] == len(calls)
+
+
+def test_call_history_is_loaded_consistent_with_the_appointments(demo, loaded):
+    data, _ = demo
+    lists = read_csv_text(data / "raw" / "call_lists.csv")
+    p = _frame(loaded, """SELECT p.day, p.rank, p.appointment_id, p.holdout, p.risk_source, p.priority_reason,
+                                 p.built_at, a.local_date, a.booked_at, a.canceled_at, a.status
+                            FROM priorities p JOIN appointments a USING (appointment_id)""")
+    assert len(p) == len(lists) and (p["day"] == p["local_date"]).all()
+    assert (p["booked_at"] < p["built_at"]).all()  # on the list: booked before it was built ...
+    canceled = p["canceled_at"].notna()
+    assert (p.loc[canceled, "canceled_at"] > p.loc[canceled, "built_at"]).all()  # ... and not canceled by then
+    assert set(p["status"]) <= {"completed", "no_show", "canceled"}  # past days: final outcomes
+    assert (p.loc[p["holdout"] == 1, "priority_reason"] == "hold out: do not call; imported evening list").all()
+    calls = _frame(loaded, "SELECT COUNT(*) AS n FROM call_outcomes")
+    assert int(calls["n"].iloc[0]) == len(read_csv_text(data / "raw" / "call_outcomes.csv"))
+
+
+def test_call_history_loads_on_both_databases(demo, engine, monkeypatch):
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    data, summary = demo
+    refresh.load_raw(engine, folder=data / "raw")
+    counts = _frame(engine, "SELECT (SELECT COUNT(*) FROM priorities) AS lists, "
+                            "(SELECT COUNT(*) FROM priorities WHERE holdout = 1) AS held, "
+                            "(SELECT COUNT(*) FROM call_outcomes) AS calls")
+    assert counts.iloc[0].tolist() == [summary["call_list_rows"], summary["held_out"], summary["calls"]]
+
+
+@pytest.mark.parametrize("file, line, expected", [
+    ("call_outcomes.csv", 3, "call_outcomes.csv line 3 column outcome: expected one of reached, voicemail, "
+                             "no_answer, confirmed, rescheduled, canceled (value 'answered')"),
+    ("call_lists.csv", 2, "call_lists.csv line 2 column appointment_id: refers to an appointment that is not "
+                          "in appointments.csv (value '999999')"),
+])
+def test_bad_call_history_stops_the_load_and_writes_nothing(demo, tmp_path, engine, file, line, expected):
+    import shutil
+    data, _ = demo
+    raw = tmp_path / "raw"
+    shutil.copytree(data / "raw", raw)
+    lines = (raw / file).read_text().splitlines()
+    fields = lines[line - 1].split(",")
+    if file == "call_outcomes.csv":
+        fields[1] = "answered"
+    else:
+        fields[2] = "999999"
+    lines[line - 1] = ",".join(fields)
+    (raw / file).write_text("\n".join(lines) + "\n")
+    with pytest.raises(refresh.DropError) as info:
+        refresh.load_raw(engine, folder=raw)
+    assert str(info.value) == expected
+    counts = _frame(engine, "SELECT (SELECT COUNT(*) FROM appointments) + (SELECT COUNT(*) FROM priorities) "
+                            "+ (SELECT COUNT(*) FROM call_outcomes) AS n")
+    assert int(counts["n"].iloc[0]) == 0
+
+
+def test_call_effect_notebook_on_the_demo(loaded, tmp_path):
+    import papermill as pm
+    from clinic_lib.config import PROJECT_ROOT
+    out = tmp_path / "call_effect_out.ipynb"
+    pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "call_effect.ipynb"), str(out),
+                        parameters={"start": "", "end": "", "bands": "0.5"}, cwd=str(PROJECT_ROOT / "notebooks"),
+                        progress_bar=False, kernel_name="python3")
+    text = out.read_text()
+    assert "This comparison is observational" in text and "Calling changed the failure rate by" in text
+    assert "relative risk (called / held out)" in text and "image/png" in text
+
+
+def _planted_rows(odds_ratio: float, seed: int):
+    """A 4x clinic (32 physios, two years) whose lists hold the 40 highest risks of each clinic
+    day: the simulated lists as the analysis reads them, and the planted truth."""
+    from zoneinfo import ZoneInfo
+    from clinic_lib.call_effect import assign_bands
+    today = dt.date(2026, 11, 24)
+    w = build_world(seed, today, physios=32, patients=12800, days_history=730, days_ahead=7,
+                    tz=ZoneInfo("Europe/Berlin"), calls_until=today, call_capacity=40, call_odds_ratio=odds_ratio)
+    c = w.calls
+    cuts = (0.35, 0.5, 0.65)
+    rows = pd.DataFrame({"band": assign_bands(c["risk"], cuts), "holdout": c["holdout"].astype(bool),
+                         "called": c["called"], "reached": c["reached"], "has_outcome": True, "failed": c["failed"]})
+    # the planted effect on these appointments: everyone to call vs everyone held out, weighted by
+    # band as the Mantel-Haenszel estimators weigh them
+    g = pd.DataFrame({"band": rows["band"], "held": rows["holdout"], "p1": c["p_fail_to_call"],
+                      "p0": c["p_fail_held_out"]}).groupby("band", observed=True)
+    n1 = g["held"].apply(lambda h: (~h).sum())
+    n0 = g["held"].sum()
+    w_band = n1 * n0 / (n1 + n0)
+    truth_rd = float((w_band * (g["p1"].mean() - g["p0"].mean())).sum() / w_band.sum())
+    truth_rr = float((w_band * g["p1"].mean()).sum() / (w_band * g["p0"].mean()).sum())
+    return rows, truth_rd, truth_rr
+
+
+def test_the_holdout_recovers_the_planted_call_effect():
+    """Odds ratio 0.6 for a reached call: the interval covers the planted effect and excludes none;
+    the observational comparison overstates it (who answers differs)."""
+    from clinic_lib.call_effect import holdout_effect, observational_table
+    rows, truth_rd, truth_rr = _planted_rows(0.6, seed=3)
+    e = holdout_effect(rows)
+    assert e.n_held_out > 4000 and e.messages == []
+    assert truth_rd < -0.02 and truth_rr < 0.95
+    assert e.rd_low <= truth_rd <= e.rd_high and e.rr_low <= truth_rr <= e.rr_high
+    assert e.rd_high < 0 and e.rr_high < 1  # the effect is found, not just covered
+    observed = observational_table(rows).loc["all bands", "difference"]
+    assert observed < 2 * e.risk_difference  # reached vs not reached: more than twice the effect
+
+
+def test_without_a_planted_effect_the_interval_covers_zero():
+    from clinic_lib.call_effect import holdout_effect
+    rows, truth_rd, truth_rr = _planted_rows(1.0, seed=3)
+    assert truth_rd == pytest.approx(0, abs=1e-12) and truth_rr == pytest.approx(1)
+    e = holdout_effect(rows)
+    assert e.rd_low <= 0 <= e.rd_high and e.rr_low <= 1 <= e.rr_high

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from clinic_lib import db
 from clinic_lib.migrate import CURRENT_VERSION, MIGRATIONS, MigrationError, migrate
 
+ALL_VERSIONS = [version for version, _, _ in MIGRATIONS]
+
 # The public reference project's layout (clinic-ops-automation): ISO text timestamps, REAL money,
 # no constraints beyond primary keys.
 REFERENCE_DDL = [
@@ -54,7 +56,7 @@ def table_dump(engine) -> dict:
 
 def test_empty_database_gets_current_schema_once(db_url):
     engine = db.make_engine(db_url)
-    assert migrate(engine) == [version for version, _, _ in MIGRATIONS]
+    assert migrate(engine) == ALL_VERSIONS
     assert migrate(engine) == []
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").scalar() == CURRENT_VERSION
@@ -65,7 +67,7 @@ def test_empty_database_gets_current_schema_once(db_url):
 def test_reference_layout_is_upgraded(db_url, monkeypatch):
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     engine = make_reference_db(db_url)
-    assert migrate(engine) == [1, 2, 3, 5]
+    assert migrate(engine) == ALL_VERSIONS
     with engine.connect() as conn:
         appts = conn.execute(sa.select(
             db.appointments.c.appointment_id, db.appointments.c.appt_start, db.appointments.c.local_date,
@@ -118,9 +120,9 @@ def test_clinic_migrate_command(tmp_path):
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "applied migrations [1, 2, 3, 5]" in out.stdout
+    assert f"applied migrations {ALL_VERSIONS}" in out.stdout
     out = subprocess.run([sys.executable, "-m", "clinic_lib", "migrate"], env=env, capture_output=True, text=True)
-    assert "already at schema version 5" in out.stdout
+    assert f"already at schema version {CURRENT_VERSION}" in out.stdout
 
 
 def test_version_1_database_gains_source_day(tmp_path):
@@ -134,7 +136,7 @@ def test_version_1_database_gains_source_day(tmp_path):
             columns = ", ".join(f"{c.name}" for c in table.columns if c.name != "source_day")
             conn.exec_driver_sql(f"CREATE TABLE {table.name} ({columns})")
         conn.exec_driver_sql("INSERT INTO appointments (appointment_id, local_date) VALUES (1, '2026-02-10')")
-    assert migrate(engine) == [2, 3, 5]
+    assert migrate(engine) == ALL_VERSIONS[1:]
     with engine.connect() as conn:
         assert {c["name"] for c in sa.inspect(conn).get_columns("appointments")} >= {"source_day"}
         assert index_definitions(conn)["ix_appointments_physio_start"][0] == [
@@ -180,9 +182,9 @@ def test_version_2_indices_become_the_current_ones(db_url):
         for name, (table, columns, where) in VERSION_2_INDICES.items():
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
             conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} ({columns})" + (f" WHERE {where}" if where else ""))
-        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 3")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version >= 3")
     before = table_dump(engine)
-    assert migrate(engine) == [3]
+    assert migrate(engine) == [v for v in ALL_VERSIONS if v >= 3]
     assert migrate(engine) == []
     with engine.connect() as conn:
         indices = index_definitions(conn)
@@ -238,7 +240,7 @@ def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
     engine = db.make_engine(db_url)
     make_version_3_db(engine)
     before = table_dump(engine)
-    assert migrate(engine) == [5]
+    assert migrate(engine) == [v for v in ALL_VERSIONS if v > 3]
     assert migrate(engine) == []
     after = table_dump(engine)
     assert after["users"] == []
@@ -264,15 +266,45 @@ def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
 
 
 def test_a_migration_with_a_lower_number_still_runs_after_a_higher_one(db_url, monkeypatch):
-    """Numbers are reserved per change: a database at {1, 2, 3, 5} gains 4 when it arrives."""
+    """Numbers are reserved per change: a database that has every version but one gains that one
+    when it arrives, although its number is lower than the highest applied."""
     import clinic_lib.migrate as m
     engine = db.make_engine(db_url)
-    assert migrate(engine) == [1, 2, 3, 5]
-    ran = []
-    monkeypatch.setattr(m, "MIGRATIONS", sorted(m.MIGRATIONS + [(4, "a later change", lambda conn: ran.append(4))]))
+    late = ALL_VERSIONS[-2]
+    monkeypatch.setattr(m, "MIGRATIONS", [x for x in MIGRATIONS if x[0] != late])
+    assert migrate(engine) == [v for v in ALL_VERSIONS if v != late]
+    monkeypatch.setattr(m, "MIGRATIONS", MIGRATIONS)
     m.ensure_schema(engine)
-    assert ran == [4]
     assert migrate(engine) == []
     with engine.connect() as conn:
-        assert m.applied_versions(conn) == {1, 2, 3, 4, 5}
+        assert m.applied_versions(conn) == set(ALL_VERSIONS)
     engine.dispose()
+
+
+def test_version_3_database_gains_monitoring_and_the_holdout_flag(db_url):
+    """Migration 7 adds the model_monitoring table and priorities.holdout (0 for the rows there)."""
+    engine = db.make_engine(db_url)
+    migrate(engine)
+    old = sa.MetaData()
+    old_priorities = sa.Table(  # the callback list as versions 1-3 made it
+        "priorities", old,
+        *[sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+          for c in db.priorities.columns if c.name != "holdout"])
+    with db.begin_write(engine) as conn:
+        conn.exec_driver_sql("DROP TABLE priorities")
+        conn.exec_driver_sql("DROP TABLE model_monitoring")
+        old_priorities.create(conn)
+        conn.execute(old_priorities.insert().values(
+            day="2026-03-30", appointment_id=101, rank=1,
+            patient_id=1, is_new_patient=0, missing_phone=0, missing_consent=0, risk_score=0.4,
+            risk_bucket="high", risk_source="model", priority_score=0.4, priority_reason="high risk 0.40",
+            built_at="2026-03-29T18:00:00+00:00"))
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version > 3")
+    assert migrate(engine) == [v for v in ALL_VERSIONS if v > 3]
+    assert migrate(engine) == []
+    with engine.connect() as conn:
+        assert "model_monitoring" in sa.inspect(conn).get_table_names()
+        assert conn.exec_driver_sql("SELECT appointment_id, holdout FROM priorities").all() == [(101, 0)]
+    with pytest.raises(sa.exc.IntegrityError):  # a flag: 0 or 1
+        with db.begin_write(engine) as conn:
+            conn.exec_driver_sql("UPDATE priorities SET holdout = 2")

@@ -178,3 +178,61 @@ def test_priorities_notebook_with_parameters_only(sqlite_clinic, tmp_path):
                         kernel_name="python3")
     assert [r["appointment_id"] for r in _table(sqlite_clinic)] == [102, 103, 104, 101]
     assert (tmp_path / "outputs" / "priorities" / "priorities_2026-03-30.csv").exists()
+
+
+# --- the randomised call holdout ---------------------------------------------------------------------
+
+def _u(appointment_id: int, secret: bytes) -> float:
+    """The holdout's uniform number, computed here independently of holdout.py."""
+    import hashlib
+    import hmac
+    digest = hmac.new(secret, b"call-holdout:" + str(appointment_id).encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def test_holdout_marks_rows_that_keep_their_rank(engine, clinic_env, monkeypatch):
+    load_clinic(engine)
+    off = build_priorities(DAY, engine=engine).frame
+    assert list(off["holdout"]) == [0, 0, 0, 0]
+    assert not (clinic_env / "data" / "call_holdout_secret").exists()  # no secret made while off
+
+    monkeypatch.setenv("CLINIC_HOLDOUT_SECRET", "test-secret")
+    # HMAC-SHA256 of "call-holdout:<id>" under "test-secret": 101 -> .2138, 103 -> .3232, 104 -> .6272, 102 -> .9406
+    assert [round(_u(i, b"test-secret"), 4) for i in (101, 102, 103, 104)] == [0.2138, 0.9406, 0.3232, 0.6272]
+    monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.3")
+    f = build_priorities(DAY, engine=engine).frame
+    assert dict(zip(f["appointment_id"], f["holdout"])) == {102: 0, 103: 0, 104: 0, 101: 1}
+    monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.5")
+    result = build_priorities(DAY, engine=engine)
+    f = result.frame
+    # the same list in the same order with the same ranks; 101 and 103 are held out
+    assert list(f["appointment_id"]) == list(off["appointment_id"]) == [102, 103, 104, 101]
+    assert list(f["rank"]) == [1, 2, 3, 4]
+    assert list(f["holdout"]) == [0, 1, 0, 1]
+    assert f["priority_reason"].iloc[1] == "hold out: do not call; high risk 0.40 (estimated, no model score)"
+    assert f["priority_reason"].iloc[0] == off["priority_reason"].iloc[0]
+    csv = pd.read_csv(result.csv_path)
+    assert list(csv.columns)[-1] == "holdout" and list(csv["holdout"]) == [0, 1, 0, 1]
+    assert [(r["appointment_id"], r["holdout"]) for r in _table(engine)] == [(102, 0), (103, 1), (104, 0), (101, 1)]
+
+
+def test_holdout_secret_made_once_in_the_private_data_folder(engine, clinic_env, monkeypatch):
+    import stat
+    load_clinic(engine)
+    monkeypatch.delenv("CLINIC_HOLDOUT_SECRET", raising=False)
+    monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.5")
+    first = build_priorities(DAY, engine=engine).frame
+    path = clinic_env / "data" / "call_holdout_secret"
+    secret = path.read_text().strip()
+    assert len(secret) == 64 and int(secret, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [f.name for f in path.parent.iterdir() if f.name.startswith(".call_holdout")] == []
+    again = build_priorities(DAY, engine=engine).frame
+    assert path.read_text().strip() == secret
+    expected = [int(_u(i, secret.encode()) < 0.5) for i in first["appointment_id"]]
+    assert list(first["holdout"]) == list(again["holdout"]) == expected
+    # an empty file is refused, not used as a secret
+    from clinic_lib.errors import CannotRun
+    path.write_text("")
+    with pytest.raises(CannotRun, match="call_holdout_secret is empty"):
+        build_priorities(DAY, engine=engine)

@@ -196,3 +196,17 @@ def test_two_runs_at_once_send_once(engine, clinic_env):
     assert errors == []
     assert sorted(len(r.messages) for r in results) == [0, 2]
     assert [x["appointment_id"] for x in _ledger(engine)] == [101, 102]
+
+
+def test_the_call_holdout_does_not_touch_reminders(engine, clinic_env, monkeypatch):
+    """Held-out appointments (101 and 103 at share 0.5 under this secret) get their reminders."""
+    from clinic_lib.priorities import build_priorities
+    load_clinic(engine)
+    monkeypatch.setenv("CLINIC_HOLDOUT_SECRET", "test-secret")
+    monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.5")
+    marks = dict(zip(*(build_priorities(DAY, engine=engine).frame[c] for c in ("appointment_id", "holdout"))))
+    assert marks == {101: 1, 102: 0, 103: 1, 104: 0}
+    r = send_reminders(DAY, engine=engine)
+    assert [m["appointment_id"] for m in r.messages] == [101, 102]
+    assert {(x["appointment_id"], x["reason"]) for x in r.not_emailed} == {
+        (103, "no email address"), (104, "no consent to reminders")}
