@@ -101,16 +101,26 @@ def _normalise_patients(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def _select(conn, table: str, columns: list[str], where: str | None, params) -> pd.DataFrame:
-    """Plain driver SQL (no per-value type processing: ~5x faster for a million rows).
+    """Plain driver SQL on the connection's DB-API cursor: plain tuples, no per-value type
+    processing (~5x faster for a million rows than SQLAlchemy's rows).
 
     ``where`` uses ``?`` placeholders; they become ``%s`` on Postgres. Values bound as ISO text
     (dates, instants) are compared by Postgres after an implicit cast from unknown."""
     sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {where}" if where else "")
-    if not db.is_sqlite(conn):
+    if params and not db.is_sqlite(conn):
         sql = sql.replace("%", "%%").replace("?", "%s")
-    rows = conn.exec_driver_sql(sql, tuple(params)).fetchall() if params else conn.exec_driver_sql(sql).fetchall()
-    data = list(zip(*rows)) if rows else [[] for _ in columns]
-    return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(columns, data)})
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params)) if params else cursor.execute(sql)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    if not rows:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    # One 2-D object array sliced by column: 4x faster than transposing the tuples in Python.
+    grid = np.empty((len(rows), len(columns)), dtype=object)
+    grid[:] = rows
+    return pd.DataFrame({c: pd.Series(grid[:, i], dtype=object) for i, c in enumerate(columns)})
 
 
 def read_appointments(conn, where: str | None = None, params=()) -> pd.DataFrame:
@@ -243,13 +253,14 @@ def same_day_count(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Seri
     cols = ["appointment_id", "patient_id", "local_date", "booked_at"]
     both = pd.concat([targets[cols], history[cols]]).drop_duplicates("appointment_id")
     first = ~targets["local_date"].duplicated().to_numpy()
-    cut_by_day = pd.Series(cutoff.to_numpy()[first], index=targets["local_date"].to_numpy()[first])
-    day_cut = pd.to_datetime(both["local_date"].map(cut_by_day), utc=True)
-    known = both[(day_cut.notna() & (both["booked_at"] < day_cut)).to_numpy()]
+    cut_s = _epoch_s(cutoff)
+    cut_by_day = pd.Series(cut_s[first], index=targets["local_date"].to_numpy()[first])
+    day_cut = both["local_date"].map(cut_by_day).to_numpy(dtype=float)  # NaN: not a target's day
+    known = both[~np.isnan(day_cut) & (_epoch_s(both["booked_at"]) < day_cut)]
     counts = known.groupby(["patient_id", "local_date"]).size().rename("n")
     keys = pd.MultiIndex.from_arrays([targets["patient_id"], targets["local_date"]])
     n_before = counts.reindex(keys).fillna(0).to_numpy(dtype=float)
-    self_before = (targets["booked_at"] < cutoff).to_numpy(dtype=float)
+    self_before = (_epoch_s(targets["booked_at"]) < cut_s).astype(float)
     return n_before - self_before + 1.0
 
 
