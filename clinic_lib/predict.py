@@ -33,6 +33,7 @@ from . import models as M
 from .config import get_settings
 from .errors import CannotRun
 from .migrate import ensure_schema
+from .refresh import bulk_insert
 from .timeutil import local_day_bounds_utc, parse_day, utc_now_text
 
 SCORE_COLUMNS = ["day", "appointment_id", "patient_id", "physio_id", "appt_start", "local_time",
@@ -196,8 +197,7 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         targets, X = day_features(conn, day, settings)
     version = meta["model_version"]
     if len(targets):
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(limits=1, user_api="openmp"):  # a few rows: threads only cost
+        with _one_thread():  # a few rows: threads only cost
             risk = meta["pipeline"].predict_proba(X[meta["features"]])[:, 1]
         risk = M.clip_risk(risk)  # strictly inside (0, 1), whatever the file holds
         local = targets["appt_start"].dt.tz_convert(settings.clinic_tz)
@@ -212,16 +212,12 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         scores = pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})
     scores = scores[SCORE_COLUMNS]
 
-    scored_at = utc_now_text()
-    day_value = _day_value(engine, day)
-    rows = [{"day": day_value, "appointment_id": int(aid), "risk": float(risk), "risk_bucket": b,
-             "model_version": version, "scored_at": scored_at}
-            for aid, risk, b in zip(scores["appointment_id"].tolist(), scores["risk"].tolist(),
-                                    scores["risk_bucket"].tolist())]
+    rows = pd.DataFrame({"day": day.isoformat(), "appointment_id": scores["appointment_id"].astype("int64"),
+                         "risk": scores["risk"].astype(float), "risk_bucket": scores["risk_bucket"],
+                         "model_version": version, "scored_at": utc_now_text()})
     with db.begin_write(engine) as conn:
         conn.execute(db.risk_scores.delete().where(db.risk_scores.c.day == _param_day(conn, day)))
-        if rows:
-            conn.execute(db.risk_scores.insert(), rows)
+        bulk_insert(conn, "risk_scores", rows)
 
     out = settings.scores_dir
     day_csv, combined_csv = out / f"cancellation_scores_{day.isoformat()}.csv", out / "cancellation_scores.csv"
@@ -231,9 +227,10 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         old = old[old["day"] != day.isoformat()] if "day" in old.columns else old.iloc[0:0]
     else:
         old = pd.DataFrame(columns=SCORE_COLUMNS)
-    new = scores.astype(object).where(scores.notna(), "").astype(str)
-    if len(new):
-        new["risk"] = scores["risk"].map(lambda v: repr(float(v)))
+    new = pd.DataFrame({c: scores[c].astype(object).where(scores[c].notna(), "").astype(str)
+                        for c in SCORE_COLUMNS if c != "risk"})
+    new["risk"] = [repr(float(v)) for v in scores["risk"]]
+    new = new[SCORE_COLUMNS]
     combined = pd.concat([old.reindex(columns=SCORE_COLUMNS), new], ignore_index=True)
     combined = combined.sort_values(["day", "appt_start", "appointment_id"],
                                     key=lambda s: s.astype(str) if s.name != "appointment_id"
@@ -242,5 +239,13 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
     return ScoreResult(day, scores, day_csv, combined_csv, version)
 
 
-def _day_value(engine, day: dt.date):
-    return day.isoformat() if db.is_sqlite(engine) else day
+_THREADS: list = []
+
+
+def _one_thread():
+    """OpenMP limited to one thread (the controller is built once: building it scans the loaded
+    libraries)."""
+    if not _THREADS:
+        from threadpoolctl import ThreadpoolController
+        _THREADS.append(ThreadpoolController())
+    return _THREADS[0].limit(limits=1, user_api="openmp")
