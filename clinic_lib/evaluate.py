@@ -176,6 +176,23 @@ class RollingOrigin:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def mean_figures(self, model: str, population: str, k: int) -> dict[str, float | None]:
+        """Mean over origins of ROC AUC, average precision and precision@k of one model."""
+        keys = ("roc_auc", "average_precision", "precision_at_k")
+        per = []
+        for o in self.origins:
+            part = self.scored[self.scored["origin"] == o["origin"]]
+            mask = population_masks(part)[population]
+            if mask.any():
+                f = figures(part["target"].to_numpy()[mask], part[model].to_numpy()[mask],
+                            part["local_date"].to_numpy()[mask], k)
+                per.append({key: f[key] for key in keys})
+        out = {}
+        for key in keys:
+            values = [p[key] for p in per if p[key] is not None]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
     def mean_auc(self, population: str = "all") -> dict[str, float | None]:
         """Mean over origins of each model's ROC AUC (origins with a single outcome left out)."""
         table = self.per_origin(population)
