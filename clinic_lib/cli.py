@@ -287,25 +287,35 @@ def _api_address() -> str:
     return f"{s.api_host}:{s.api_port}"
 
 
-# --- cancellation-risk model: train / score / import-noshow (issue 4) ------------------------------
+# --- cancellation-risk model: train / score / import-noshow --------------------------------------
 
 def args_train(p):
     p.add_argument("--as-of", type=_day, default=None,
                    help="last clinic day with known outcomes to learn from (default: today in CLINIC_TZ)")
-    p.add_argument("--valid-days", type=int, default=28, help="validation window: the last N days up to --as-of")
-    p.add_argument("--model", choices=("auto", "logreg", "rf", "hgb"), default="auto",
-                   help="auto = compare all three on the validation window and keep the best log loss")
+    p.add_argument("--valid-days", type=int, default=28,
+                   help="holdout: the last N days up to --as-of, scored week by week by models fitted before each week")
+    p.add_argument("--model", choices=("auto", "logreg", "hgb", "blend"), default="auto",
+                   help="auto = the candidate with the best mean holdout ROC AUC (the four-feature baseline "
+                        "ships instead when it is better)")
 
 
 def cmd_train(a):
     from .train import train
     r = train(as_of=a.as_of, valid_days=a.valid_days, model=a.model)
-    v = r.metrics["validation"]
-    print(r.comparison.drop(columns=["seconds"]).to_string(index=False))
-    print(f"model {r.model_version} ({r.kind}): ROC AUC {v['roc_auc']:.3f}, precision@{v['k']} "
-          f"{v['precision_at_k']:.3f}, base rate {v['base_rate']:.3f}, Brier {v['brier']:.4f}, "
-          f"calibration error {v['calibration_error']:.3f} -> {r.model_path}, {r.metrics_path} "
-          f"({r.seconds:.1f} s)")
+    h, d = r.metrics["holdout"], r.metrics["deployed"]
+    means = r.metrics["choice"]["mean_roc_auc"]
+    print("mean ROC AUC over the holdout weeks: " + ", ".join(
+        f"{m} {v:.3f}" for m, v in means.items() if v is not None))
+    print(r.metrics["choice"]["reason"])
+    for name, label in (("booked_before_evening", "booked before the evening"), ("same_day", "same-day bookings")):
+        f = h[name]
+        if f["n"]:
+            auc = "n/a" if f["roc_auc"] is None else f"{f['roc_auc']:.3f}"
+            ap = "n/a" if f["average_precision"] is None else f"{f['average_precision']:.3f}"
+            print(f"holdout {h['start']}..{h['end']}, {label} (n={f['n']}): ROC AUC {auc}, average precision "
+                  f"{ap}, precision@{f['k']} {f['precision_at_k']:.3f}, base rate {f['base_rate']:.3f}")
+    print(f"model {r.model_version} ({r.kind}, calibration {d['calibration']}) trained on {d['train_start']}.."
+          f"{d['train_end']} ({d['rows']} appointments) -> {r.model_path}, {r.metrics_path} ({r.seconds:.1f} s)")
     return 0
 
 
@@ -376,7 +386,7 @@ COMMANDS = {
     "migrate": (args_migrate, cmd_migrate, "bring the database to the current schema"),
     "refresh": (args_refresh, cmd_refresh, "apply one day's drop (data/daily/D/)"),
     "validate": (args_validate, cmd_validate, "check a drop (--day D) or the whole database (--db); exit 0 ok, 1 errors, 2 could not run"),
-    "train": (args_train, cmd_train, "train the cancellation-risk model (compare, calibrate, save)"),
+    "train": (args_train, cmd_train, "train the cancellation-risk model (evaluate, choose, refit, save)"),
     "score": (args_score, cmd_score, "score a clinic day's booked appointments with the model"),
     "import-noshow": (args_import_noshow, cmd_import_noshow,
                       "import the public Medical Appointment No Shows file into a fresh database"),

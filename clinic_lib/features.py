@@ -21,9 +21,9 @@ appointment failed, days since the last attended visit (capped at 365), age band
 and how many appointments the patient holds that day (siblings booked before the cutoff). Patient attributes (date of birth, consent, email) are the
 values held now: the schema keeps no history of them.
 
-History features are vectorised: outcomes are summed per (patient, end instant), cumulated per
-patient and joined to each appointment's cutoff with ``merge_asof`` (strictly earlier), so a
-million appointments take seconds.
+History features are vectorised in numpy: outcomes are summed per (patient, end instant),
+cumulated per patient and looked up for each appointment's cutoff with a binary search (strictly
+earlier), so a million appointments take seconds and one day's scoring milliseconds.
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ AGE_BANDS = [(0, 18, "0-17"), (18, 30, "18-29"), (30, 45, "30-44"), (45, 65, "45
 AGE_BAND_LABELS = [b[2] for b in AGE_BANDS] + ["unknown"]
 RATE_PRIOR, RATE_WEIGHT = 0.2, 1.0  # smoothed rate = (fails + weight*prior) / (n + weight)
 DAYS_SINCE_CAP = 365.0
+_KEY_SHIFT = 34  # (patient rank << 34) + epoch seconds: one sortable int64 key (seconds < 2**34)
 
 APPT_COLUMNS = ["appointment_id", "patient_id", "physio_id", "appt_start", "appt_end", "booked_at",
                 "status", "canceled_at", "is_first_visit", "local_date"]
@@ -101,16 +102,26 @@ def _normalise_patients(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def _select(conn, table: str, columns: list[str], where: str | None, params) -> pd.DataFrame:
-    """Plain driver SQL (no per-value type processing: ~5x faster for a million rows).
+    """Plain driver SQL on the connection's DB-API cursor: plain tuples, no per-value type
+    processing (~5x faster for a million rows than SQLAlchemy's rows).
 
     ``where`` uses ``?`` placeholders; they become ``%s`` on Postgres. Values bound as ISO text
     (dates, instants) are compared by Postgres after an implicit cast from unknown."""
     sql = f"SELECT {', '.join(columns)} FROM {table}" + (f" WHERE {where}" if where else "")
-    if not db.is_sqlite(conn):
+    if params and not db.is_sqlite(conn):
         sql = sql.replace("%", "%%").replace("?", "%s")
-    rows = conn.exec_driver_sql(sql, tuple(params)).fetchall() if params else conn.exec_driver_sql(sql).fetchall()
-    data = list(zip(*rows)) if rows else [[] for _ in columns]
-    return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in zip(columns, data)})
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params)) if params else cursor.execute(sql)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    if not rows:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    # One 2-D object array sliced by column: 4x faster than transposing the tuples in Python.
+    grid = np.empty((len(rows), len(columns)), dtype=object)
+    grid[:] = rows
+    return pd.DataFrame({c: pd.Series(grid[:, i], dtype=object) for i, c in enumerate(columns)})
 
 
 def read_appointments(conn, where: str | None = None, params=()) -> pd.DataFrame:
@@ -183,56 +194,62 @@ def _epoch_s(s: pd.Series) -> np.ndarray:
 
 def history_features(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Series,
                      late_cancel_hours: float) -> pd.DataFrame:
-    """Prior counts of each target's patient, from ``history`` rows that ended before its cutoff."""
-    h = history[history["status"] != "booked"]
-    flags = outcome_flags(h, late_cancel_hours).astype("int64")
-    ev = pd.DataFrame({"patient_id": h["patient_id"].to_numpy(), "t": _epoch_s(h["appt_end"])})
-    for c in flags.columns:
-        ev[c] = flags[c].to_numpy()
-    ev["fail"] = ev["no_show"] + ev["late_cancel"]
-    ev["visit_t"] = np.where(ev["completed"] > 0, ev["t"], np.nan)
-    # One row per (patient, end instant): ties summed, so the cumulated row holds all of them.
-    ev = ev.groupby(["patient_id", "t"], sort=True).agg(
-        completed=("completed", "sum"), no_show=("no_show", "sum"), late_cancel=("late_cancel", "sum"),
-        early_cancel=("early_cancel", "sum"), fail=("fail", "sum"), visit_t=("visit_t", "max")).reset_index()
-    expected = ev["completed"] + ev["no_show"] + ev["late_cancel"]
-    # "last finished appointment failed": the last (patient, instant) with an expected outcome.
-    ev["last_failed"] = np.where(expected > 0, (ev["fail"] > 0).astype(float), np.nan)
-    g = ev.groupby("patient_id", sort=False)
-    cum = g[["completed", "no_show", "late_cancel", "early_cancel"]].cumsum()
-    cum["patient_id"] = ev["patient_id"]
-    cum["t"] = ev["t"]
-    cum["last_visit_t"] = g["visit_t"].ffill()
-    cum["last_failed"] = ev.groupby("patient_id", sort=False)["last_failed"].ffill()
-    cum = cum.sort_values("t", kind="stable")
+    """Prior counts of each target's patient, from ``history`` rows that ended before its cutoff.
 
-    left = pd.DataFrame({"patient_id": targets["patient_id"].to_numpy(), "cut": _epoch_s(cutoff),
-                         "_row": np.arange(len(targets))}).sort_values("cut", kind="stable")
-    if len(cum):
-        m = pd.merge_asof(left, cum, left_on="cut", right_on="t", by="patient_id",
-                          allow_exact_matches=False, direction="backward")
-    else:
-        m = left.assign(**{c: np.nan for c in ["completed", "no_show", "late_cancel", "early_cancel",
-                                               "last_visit_t", "last_failed", "t"]})
-    m = m.sort_values("_row")
-    completed = m["completed"].fillna(0).to_numpy(dtype=float)
-    no_show = m["no_show"].fillna(0).to_numpy(dtype=float)
-    late = m["late_cancel"].fillna(0).to_numpy(dtype=float)
-    early = m["early_cancel"].fillna(0).to_numpy(dtype=float)
+    In numpy, on one sorted key per (patient, end instant): outcomes of equal instants are summed
+    into one group, cumulated per patient, and each target takes the last group of its patient
+    strictly before its cutoff (a binary search on the same key)."""
+    h = history[(history["status"] != "booked").to_numpy()]
+    flags = outcome_flags(h, late_cancel_hours)[["completed", "no_show", "late_cancel", "early_cancel"]]
+    rank = pd.factorize(np.concatenate([h["patient_id"].to_numpy(dtype=np.int64),
+                                        targets["patient_id"].to_numpy(dtype=np.int64)]))[0].astype(np.int64)
+    key = (rank[:len(h)] << _KEY_SHIFT) + _epoch_s(h["appt_end"])
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    groups, first = np.unique(key, return_index=True)
+    sums = np.add.reduceat(flags.to_numpy(dtype=np.int64)[order], first, axis=0) if len(first) else \
+        np.zeros((0, 4), dtype=np.int64)
+    n_groups = len(groups)
+    patient = groups >> _KEY_SHIFT
+    t = (groups - (patient << _KEY_SHIFT)).astype(float)
+    at = np.arange(n_groups)
+    # Each group's patient's first group: the cumulated counts restart there.
+    pstart = np.maximum.accumulate(np.where(np.r_[True, patient[1:] != patient[:-1]], at, 0)) if n_groups else at
+    cs = np.cumsum(sums, axis=0)
+    cum = cs - cs[pstart] + sums[pstart]
+    fail = sums[:, 1] + sums[:, 2]
+    # "last finished appointment failed": the patient's last instant with an expected outcome.
+    last_expected = np.maximum.accumulate(np.where(sums[:, 0] + fail > 0, at, -1)) if n_groups else at
+    last_failed = np.where(last_expected >= pstart, fail[last_expected] > 0, False).astype(float)
+    last_visit = np.maximum.accumulate(np.where(sums[:, 0] > 0, at, -1)) if n_groups else at
+    last_visit_t = np.where(last_visit >= pstart, t[last_visit], np.nan)
+
+    target_rank = rank[len(h):]
+    query = (target_rank << _KEY_SHIFT) + _epoch_s(cutoff)
+    ask = np.argsort(query, kind="stable")  # sorted queries: a cache-friendly search
+    pos = np.empty(len(query), dtype=np.int64)
+    pos[ask] = np.searchsorted(groups, query[ask], side="left") - 1
+    found = pos >= 0
+    found[found] = patient[pos[found]] == target_rank[found]
+    pick = np.where(found, pos, 0)
+
+    def take(values, empty=0.0):
+        return np.where(found, values[pick], empty) if n_groups else np.full(len(targets), empty)
+
+    completed, no_show = take(cum[:, 0].astype(float)), take(cum[:, 1].astype(float))
+    late, early = take(cum[:, 2].astype(float)), take(cum[:, 3].astype(float))
     n = completed + no_show + late
-    start_s = _epoch_s(targets["appt_start"])
-    days_since = (start_s - m["last_visit_t"].to_numpy(dtype=float)) / 86400.0
+    days_since = (_epoch_s(targets["appt_start"]) - take(last_visit_t, np.nan)) / 86400.0
     days_since = np.where(np.isnan(days_since), DAYS_SINCE_CAP, np.minimum(days_since, DAYS_SINCE_CAP))
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "prior_n": n, "prior_completed": completed, "prior_no_show": no_show, "prior_late_cancel": late,
         "prior_early_cancel": early,
         "prior_fail_rate": (no_show + late + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
         "prior_no_show_rate": (no_show + RATE_WEIGHT * RATE_PRIOR) / (n + RATE_WEIGHT),
-        "last_failed": m["last_failed"].fillna(0).to_numpy(dtype=float),
+        "last_failed": take(last_failed),
         "days_since_last_visit": days_since,
         "has_history": (n + early > 0).astype(float),
     }, index=targets.index)
-    return out
 
 
 def same_day_count(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Series) -> np.ndarray:
@@ -243,30 +260,55 @@ def same_day_count(targets: pd.DataFrame, history: pd.DataFrame, cutoff: pd.Seri
     cols = ["appointment_id", "patient_id", "local_date", "booked_at"]
     both = pd.concat([targets[cols], history[cols]]).drop_duplicates("appointment_id")
     first = ~targets["local_date"].duplicated().to_numpy()
-    cut_by_day = pd.Series(cutoff.to_numpy()[first], index=targets["local_date"].to_numpy()[first])
-    day_cut = pd.to_datetime(both["local_date"].map(cut_by_day), utc=True)
-    known = both[(day_cut.notna() & (both["booked_at"] < day_cut)).to_numpy()]
+    cut_s = _epoch_s(cutoff)
+    cut_by_day = pd.Series(cut_s[first], index=targets["local_date"].to_numpy()[first])
+    day_cut = both["local_date"].map(cut_by_day).to_numpy(dtype=float)  # NaN: not a target's day
+    known = both[~np.isnan(day_cut) & (_epoch_s(both["booked_at"]) < day_cut)]
     counts = known.groupby(["patient_id", "local_date"]).size().rename("n")
     keys = pd.MultiIndex.from_arrays([targets["patient_id"], targets["local_date"]])
     n_before = counts.reindex(keys).fillna(0).to_numpy(dtype=float)
-    self_before = (targets["booked_at"] < cutoff).to_numpy(dtype=float)
+    self_before = (_epoch_s(targets["booked_at"]) < cut_s).astype(float)
     return n_before - self_before + 1.0
 
 
-def age_years(dob: pd.Series, local_date: pd.Series) -> pd.Series:
-    """Whole years of age on the day (NaN when the date of birth is unknown)."""
-    born = pd.to_datetime(dob, errors="coerce", format="%Y-%m-%d")
-    day = pd.to_datetime(local_date, format="%Y-%m-%d")
-    return (day.dt.year - born.dt.year
-            - ((day.dt.month * 100 + day.dt.day) < (born.dt.month * 100 + born.dt.day))).astype(float)
-
-
-def age_band(dob: pd.Series, local_date: pd.Series) -> pd.Series:
-    years = age_years(dob, local_date)
-    out = pd.Series("unknown", index=dob.index, dtype=object)
+def age_band_of(years) -> np.ndarray:
+    """The band of each age in years (``unknown`` for NaN)."""
+    years = np.asarray(years, float)
+    out = np.full(len(years), "unknown", dtype=object)
     for lo, hi, name in AGE_BANDS:
         out[(years >= lo) & (years < hi)] = name
     return out
+
+
+def _present(values: pd.Series) -> pd.Series:
+    text = values.astype(str)
+    return values.notna() & (text.str.strip() != "") & (text != "None")
+
+
+def patient_attributes(patients: pd.DataFrame) -> pd.DataFrame:
+    """Per patient (index patient_id): what the features read of the patient, as numbers."""
+    p = patients.drop_duplicates("patient_id")
+    born = pd.to_datetime(p["date_of_birth"], errors="coerce", format="%Y-%m-%d")
+    consent = pd.to_numeric(p["reminder_consent"]).fillna(0).astype(int)
+    return pd.DataFrame({
+        "reminder_reachable": ((consent == 1) & _present(p["email"])).astype(float).to_numpy(),
+        "has_phone": _present(p["phone"]).astype(float).to_numpy(),
+        "consent_form": pd.to_numeric(p["consent_form_received"]).fillna(0).astype(float).to_numpy(),
+        "born_year": born.dt.year.astype(float).to_numpy(),
+        "born_md": (born.dt.month * 100 + born.dt.day).astype(float).to_numpy(),
+    }, index=p["patient_id"].to_numpy())
+
+
+def _ages(born_year: np.ndarray, born_md: np.ndarray, local_date: pd.Series) -> np.ndarray:
+    """Whole years of age on each local date (NaN without a date of birth)."""
+    codes, days = pd.factorize(local_date)
+    day = pd.to_datetime(pd.Series(days), format="%Y-%m-%d")
+    year = day.dt.year.to_numpy(float)[codes]
+    md = (day.dt.month * 100 + day.dt.day).to_numpy(float)[codes]
+    return year - born_year - (md < born_md)
+
+
+WEEKDAY_NAMES = np.array([str(d) for d in range(7)], dtype=object)
 
 
 def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.DataFrame,
@@ -284,13 +326,8 @@ def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.Da
     start, booked = targets["appt_start"], targets["booked_at"]
     local_start = start.dt.tz_convert(tz)
     lead = ((start - booked).dt.total_seconds() / 86400.0).clip(lower=0).to_numpy()
-    pat = patients.set_index("patient_id")
-    pid = targets["patient_id"]
-    email = pid.map(pat["email"]) if len(pat) else pd.Series(None, index=pid.index, dtype=object)
-    consent = pid.map(pat["reminder_consent"]).fillna(0) if len(pat) else pd.Series(0, index=pid.index)
-    dob = pid.map(pat["date_of_birth"]) if len(pat) else pd.Series(None, index=pid.index, dtype=object)
-    has_email = email.notna() & (email.astype(str).str.strip() != "") & (email.astype(str) != "None")
-    physio = targets["physio_id"]
+    # One lookup of every patient attribute (unknown patients: nothing on file, age unknown).
+    who = patient_attributes(patients).reindex(targets["patient_id"].to_numpy())
     out = pd.DataFrame({
         "lead_days": lead,
         "lead_log": np.log1p(lead),
@@ -299,21 +336,16 @@ def build_features(targets: pd.DataFrame, history: pd.DataFrame, patients: pd.Da
         "length_min": ((targets["appt_end"] - start).dt.total_seconds() / 60.0).to_numpy(),
         "is_first_visit": targets["is_first_visit"].astype(float).to_numpy(),
     }, index=targets.index)
-    hist = history_features(targets, history, cutoff, late_cancel_hours)
-    out = out.join(hist)
-    out["reminder_reachable"] = ((consent.astype(int) == 1) & has_email).astype(float).to_numpy()
-    if len(pat):
-        phone = pid.map(pat["phone"])
-        out["has_phone"] = (phone.notna() & (phone.astype(str).str.strip() != "")
-                            & (phone.astype(str) != "None")).astype(float).to_numpy()
-        out["consent_form"] = pid.map(pat["consent_form_received"]).fillna(0).astype(float).to_numpy()
-    else:
-        out["has_phone"] = 0.0
-        out["consent_form"] = 0.0
-    out["weekday"] = local_start.dt.day_of_week.astype(str).astype(object).to_numpy()
-    out["physio"] = np.where(physio.isna(), "none", "p" + physio.astype(str)).astype(object)
-    out["age_band"] = age_band(dob.astype(object), targets["local_date"]).to_numpy()
-    out["age_years"] = age_years(dob.astype(object), targets["local_date"]).fillna(-1).to_numpy()
+    out = out.join(history_features(targets, history, cutoff, late_cancel_hours))
+    for col in ("reminder_reachable", "has_phone", "consent_form"):
+        out[col] = who[col].fillna(0.0).to_numpy()
+    out["weekday"] = WEEKDAY_NAMES[local_start.dt.day_of_week.to_numpy()]
+    codes, physios = pd.factorize(targets["physio_id"])  # missing physio: code -1
+    names = np.array([f"p{int(p)}" for p in physios] + ["none"], dtype=object)
+    out["physio"] = names[codes]
+    years = _ages(who["born_year"].to_numpy(), who["born_md"].to_numpy(), targets["local_date"])
+    out["age_band"] = age_band_of(years)
+    out["age_years"] = np.where(np.isnan(years), -1.0, years)
     out["same_day_count"] = same_day_count(targets, history if same_day is None else same_day, cutoff)
     return out[FEATURES]
 

@@ -1,7 +1,8 @@
 """Scoring a clinic day with the saved cancellation-risk model.
 
 ``score_day(D)`` gives every appointment of clinic-local day D still ``booked`` a calibrated risk
-(the probability of a no-show or a late cancellation), a bucket and the model version:
+(the probability of a no-show or a late cancellation, between ``models.RISK_FLOOR`` and
+1 - ``models.RISK_FLOOR``), a bucket and the model version:
 
 - bucket: ``low`` below the first RISK_BUCKET_THRESHOLDS value (default 0.10), ``medium`` below the
   second (default 0.25), ``high`` from there on;
@@ -28,9 +29,11 @@ import sklearn
 
 from . import db
 from . import features as F
+from . import models as M
 from .config import get_settings
 from .errors import CannotRun
 from .migrate import ensure_schema
+from .refresh import bulk_insert
 from .timeutil import local_day_bounds_utc, parse_day, utc_now_text
 
 SCORE_COLUMNS = ["day", "appointment_id", "patient_id", "physio_id", "appt_start", "local_time",
@@ -52,6 +55,9 @@ def incompatibility(meta: dict) -> str | None:
     """Why a saved model cannot score with the current code, or None if it can."""
     if not isinstance(meta, dict) or "pipeline" not in meta:
         return "the file is not a Clinic Ops model (no pipeline/metadata)"
+    if meta.get("model_format", 1) != M.MODEL_FORMAT:
+        return (f"it was saved by older code (model format {meta.get('model_format', 1)}, this code reads "
+                f"format {M.MODEL_FORMAT}: a model refitted up to as_of with a ranking-preserving calibration)")
     if meta.get("features") != list(F.FEATURES):
         missing = sorted(set(F.FEATURES) - set(meta.get("features") or []))
         extra = sorted(set(meta.get("features") or []) - set(F.FEATURES))
@@ -133,12 +139,22 @@ def _param_day(conn, day: dt.date):
     return day.isoformat() if db.is_sqlite(conn) else day
 
 
-def day_features(conn, day: dt.date, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(appointments still booked on D, their features), reading only the day's patients."""
+@dataclass
+class DayRows:
+    """What scoring day D reads: D's appointments, those still booked, their patients' earlier
+    appointments with an outcome, and the patients."""
+    day_rows: pd.DataFrame
+    targets: pd.DataFrame
+    history: pd.DataFrame
+    patients: pd.DataFrame
+
+
+def read_day(conn, day: dt.date, settings) -> DayRows:
+    """Read only the day's rows and its patients' history (indexed queries)."""
     day_rows = F.read_appointments(conn, "local_date = ?", (day.isoformat(),))
     targets = day_rows[day_rows["status"] == "booked"]
     if targets.empty:
-        return targets, F.build_features(targets, targets, targets, settings.clinic_tz, settings.late_cancel_hours)
+        return DayRows(day_rows, targets, targets, targets)
     cutoff, _ = local_day_bounds_utc(day, settings.clinic_tz)
     ids = [int(i) for i in targets["patient_id"].unique()]
     # Uses the (patient_id, appt_start) index: only the day's patients' earlier appointments with an
@@ -148,10 +164,18 @@ def day_features(conn, day: dt.date, settings) -> tuple[pd.DataFrame, pd.DataFra
                                   "AND status <> 'booked'", (*chunk, cutoff))
              for chunk in (ids[i:i + 900] for i in range(0, len(ids), 900))]
     history = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    patients = F.read_patients(conn, ids)
+    return DayRows(day_rows, targets, history, F.read_patients(conn, ids))
+
+
+def day_features(conn, day: dt.date, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(appointments still booked on D, their features), reading only the day's patients."""
+    rows = read_day(conn, day, settings)
+    targets = rows.targets
+    if targets.empty:
+        return targets, F.build_features(targets, targets, targets, settings.clinic_tz, settings.late_cancel_hours)
     targets = targets.sort_values(["appt_start", "appointment_id"]).reset_index(drop=True)
-    X = F.build_features(targets, history, patients, settings.clinic_tz, settings.late_cancel_hours,
-                         same_day=day_rows)
+    X = F.build_features(targets, rows.history, rows.patients, settings.clinic_tz, settings.late_cancel_hours,
+                         same_day=rows.day_rows)
     return targets, X
 
 
@@ -173,10 +197,9 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         targets, X = day_features(conn, day, settings)
     version = meta["model_version"]
     if len(targets):
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(limits=1, user_api="openmp"):  # a few rows: threads only cost
+        with _one_thread():  # a few rows: threads only cost
             risk = meta["pipeline"].predict_proba(X[meta["features"]])[:, 1]
-        risk = np.clip(risk, 0.0, 1.0)
+        risk = M.clip_risk(risk)  # strictly inside (0, 1), whatever the file holds
         local = targets["appt_start"].dt.tz_convert(settings.clinic_tz)
         scores = pd.DataFrame({
             "day": day.isoformat(), "appointment_id": targets["appointment_id"].to_numpy(),
@@ -189,16 +212,12 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         scores = pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})
     scores = scores[SCORE_COLUMNS]
 
-    scored_at = utc_now_text()
-    day_value = _day_value(engine, day)
-    rows = [{"day": day_value, "appointment_id": int(aid), "risk": float(risk), "risk_bucket": b,
-             "model_version": version, "scored_at": scored_at}
-            for aid, risk, b in zip(scores["appointment_id"].tolist(), scores["risk"].tolist(),
-                                    scores["risk_bucket"].tolist())]
+    rows = pd.DataFrame({"day": day.isoformat(), "appointment_id": scores["appointment_id"].astype("int64"),
+                         "risk": scores["risk"].astype(float), "risk_bucket": scores["risk_bucket"],
+                         "model_version": version, "scored_at": utc_now_text()})
     with db.begin_write(engine) as conn:
         conn.execute(db.risk_scores.delete().where(db.risk_scores.c.day == _param_day(conn, day)))
-        if rows:
-            conn.execute(db.risk_scores.insert(), rows)
+        bulk_insert(conn, "risk_scores", rows)
 
     out = settings.scores_dir
     day_csv, combined_csv = out / f"cancellation_scores_{day.isoformat()}.csv", out / "cancellation_scores.csv"
@@ -208,9 +227,10 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
         old = old[old["day"] != day.isoformat()] if "day" in old.columns else old.iloc[0:0]
     else:
         old = pd.DataFrame(columns=SCORE_COLUMNS)
-    new = scores.astype(object).where(scores.notna(), "").astype(str)
-    if len(new):
-        new["risk"] = scores["risk"].map(lambda v: repr(float(v)))
+    new = pd.DataFrame({c: scores[c].astype(object).where(scores[c].notna(), "").astype(str)
+                        for c in SCORE_COLUMNS if c != "risk"})
+    new["risk"] = [repr(float(v)) for v in scores["risk"]]
+    new = new[SCORE_COLUMNS]
     combined = pd.concat([old.reindex(columns=SCORE_COLUMNS), new], ignore_index=True)
     combined = combined.sort_values(["day", "appt_start", "appointment_id"],
                                     key=lambda s: s.astype(str) if s.name != "appointment_id"
@@ -219,5 +239,13 @@ def score_day(day, engine=None, model_file: Path | None = None) -> ScoreResult:
     return ScoreResult(day, scores, day_csv, combined_csv, version)
 
 
-def _day_value(engine, day: dt.date):
-    return day.isoformat() if db.is_sqlite(engine) else day
+_THREADS: list = []
+
+
+def _one_thread():
+    """OpenMP limited to one thread (the controller is built once: building it scans the loaded
+    libraries)."""
+    if not _THREADS:
+        from threadpoolctl import ThreadpoolController
+        _THREADS.append(ThreadpoolController())
+    return _THREADS[0].limit(limits=1, user_api="openmp")

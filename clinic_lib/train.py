@@ -1,24 +1,28 @@
-"""Training the cancellation-risk model: a time split, three candidates, calibration, metrics.
+"""Training the cancellation-risk model: evaluate on rolling origins, choose, then refit on everything.
 
-``train(as_of, valid_days, model)`` uses every appointment with an outcome up to and including the
-clinic-local day ``as_of`` (see ``features.py`` for the target and the features). Rows are split
-by day, never shuffled::
+``train(as_of, valid_days, model)`` learns from every appointment with an outcome up to and
+including the clinic-local day ``as_of`` (``features.py``: the target and the features, each as of
+the evening before its day). In three steps:
 
-    [ train .................. | calibration | validation: the last valid_days days up to as_of ]
+1. **Evaluate** (``evaluate.rolling_origin``): the last ``valid_days`` days up to as_of are the
+   holdout. It is cut into weeks (``HOLDOUT_STEP_DAYS``, the daily chain's retraining cadence);
+   each week is scored by models fitted on the days before it only, as the chain would have scored
+   it: the candidates (``models.CANDIDATES``) and both baselines.
+2. **Choose** (``evaluate.choose``): the candidate with the best mean ROC AUC over those weeks;
+   the four-feature baseline instead when that candidate loses to it. Platt calibration is kept
+   when it lowers the cross-fitted holdout log loss (``evaluate.choose_calibration``).
+3. **Refit**: the chosen kind is fitted again on all finished appointments up to as_of (the most
+   recent ``evaluate.MAX_TRAIN_ROWS``), holdout weeks included, so no recent day is left out of what
+   the saved model learned. Its calibration map is fitted on the holdout's out-of-sample risks.
 
-The train slice keeps its most recent 200 000 rows (``MAX_TRAIN_ROWS``), which keeps training a
-~1M-appointment clinic within a minute; older rows add little once the history features carry them.
+``metrics.json`` holds the holdout figures of the model as it was chosen (``holdout``: appointments
+booked before the scoring evening first, same-day bookings, all), the baselines on the same weeks,
+and what the saved model was trained on (``deployed``). ``docs/model.md`` explains each key.
 
-The candidates (logistic regression, random forest, histogram gradient boosting) are fitted on the
-train slice, calibrated on the calibration slice (the ~20 % of pre-validation rows just before the
-validation window, at most ~60 000 rows; isotonic with >= 1000 rows, else sigmoid) via ``FrozenEstimator`` +
-``CalibratedClassifierCV``, and compared on the validation window by log loss; ``model='auto'``
-keeps the best. The saved model is exactly the one evaluated (no refit on the validation days),
-so ``metrics.json`` describes the model that scores.
-
-Outputs: ``outputs/model/model.joblib`` (pipeline + metadata), ``outputs/model/metrics.json`` and
-a ``model_runs`` row. Too little data (< 500 finished appointments, no failures in the train slice,
-an empty calibration or validation slice) raises ``UserError`` and writes nothing.
+Outputs: ``outputs/model/model.joblib`` (the ``models.RiskModel`` and its metadata),
+``outputs/model/metrics.json`` and a ``model_runs`` row, written together at the end. Too little
+data, a single outcome, or an ``as_of`` outside the appointments' days raise ``NotEnoughData``
+(exit 2) and write nothing.
 """
 from __future__ import annotations
 
@@ -28,203 +32,85 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from . import db
+from . import evaluate as E
 from . import features as F
+from . import models as M
 from .config import get_settings
 from .errors import UserError
+from .evaluate import NotEnoughData
 from .migrate import ensure_schema
 from .timeutil import parse_day, today_local, utc_now_text
 
-MODEL_KINDS = ("logreg", "rf", "hgb")
 MIN_FINISHED = 500
-CALIB_FRACTION = 0.2
-MAX_CALIB_ROWS = 60_000  # calibration days hold ~20 % of the rows, but not more than this
-MAX_TRAIN_ROWS = 200_000  # the most recent rows of the train slice (keeps 20x training in budget)
-# OpenMP threads for the gradient boosting. On a small shared machine, spinning OpenMP workers make
-# HistGradientBoosting 10x slower than one thread; raise CLINIC_TRAIN_THREADS on a dedicated box.
-TRAIN_THREADS = int(os.environ.get("CLINIC_TRAIN_THREADS") or 1)
-CALIBRATION_BINS = 10
+HOLDOUT_STEP_DAYS = 7
+
+__all__ = ["train", "TrainResult", "NotEnoughData", "training_table"]
 
 
-class NotEnoughData(UserError):
-    """Too little history to train; no model was written."""
-
-
-# --- pipelines --------------------------------------------------------------------------------
-
-def make_pipeline(kind: str, numeric=None, categorical=None, seed: int = 0, n_rows: int | None = None) -> Pipeline:
-    """The preprocessing + classifier of one candidate (``n_rows``: training rows, sizes the forest)."""
-    max_samples = min(0.5, 50_000 / n_rows) if n_rows else 0.5
-    numeric = list(F.NUMERIC if numeric is None else numeric)
-    categorical = list(F.CATEGORICAL if categorical is None else categorical)
-    if kind == "logreg":
-        pre = ColumnTransformer([("num", StandardScaler(), numeric),
-                                 ("cat", OneHotEncoder(handle_unknown="ignore"), categorical)])
-        return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=2000, C=0.5))])
-    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value",
-                             unknown_value=-1 if kind == "rf" else np.nan)
-    pre = ColumnTransformer([("num", "passthrough", numeric), ("cat", ordinal, categorical)])
-    if kind == "rf":
-        # Each tree sees at most 50 000 bootstrap rows: enough for 300 leaves, and fast at 20x.
-        clf = RandomForestClassifier(n_estimators=30, min_samples_leaf=50, max_leaf_nodes=300,
-                                     max_features=0.4, max_samples=max_samples, n_jobs=TRAIN_THREADS,
-                                     random_state=seed)
-    elif kind == "hgb":
-        cat_mask = [False] * len(numeric) + [True] * len(categorical)
-        clf = HistGradientBoostingClassifier(learning_rate=0.1, max_iter=100, max_leaf_nodes=31,
-                                             min_samples_leaf=40, l2_regularization=1.0,
-                                             categorical_features=cat_mask, early_stopping=False,
-                                             random_state=seed)
-    else:
-        raise UserError(f"unknown model {kind!r}: expected auto, {', '.join(MODEL_KINDS)}")
-    return Pipeline([("pre", pre), ("clf", clf)])
-
-
-def calibrate(fitted, X_cal: pd.DataFrame, y_cal) -> CalibratedClassifierCV:
-    method = "isotonic" if len(X_cal) >= 1000 else "sigmoid"
-    return CalibratedClassifierCV(FrozenEstimator(fitted), method=method).fit(X_cal, y_cal)
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-def calibration_bins(y, p, bins: int = CALIBRATION_BINS) -> list[dict]:
-    """Quantile bins (equal counts) of the predicted risk: mean predicted vs observed rate."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    if len(p) == 0:
-        return []
-    order = np.argsort(p, kind="stable")
-    out = []
-    for chunk in np.array_split(order, min(bins, len(p))):
-        if len(chunk):
-            out.append({"n": int(len(chunk)), "mean_predicted": float(p[chunk].mean()),
-                        "observed_rate": float(y[chunk].mean()),
-                        "low": float(p[chunk].min()), "high": float(p[chunk].max())})
-    return out
-
-
-def calibration_error(bins: list[dict]) -> float | None:
-    """Mean absolute gap between predicted and observed rate over the bins."""
-    if not bins:
-        return None
-    return float(np.mean([abs(b["mean_predicted"] - b["observed_rate"]) for b in bins]))
-
-
-def precision_at_k_per_day(y, p, days, k: int) -> float | None:
-    """Mean over days of the precision among that day's k highest risks (all of them if fewer)."""
-    frame = pd.DataFrame({"y": np.asarray(y), "p": np.asarray(p), "d": np.asarray(days)})
-    if frame.empty:
-        return None
-    top = frame.sort_values(["d", "p"], ascending=[True, False], kind="stable").groupby("d").head(k)
-    return float(top.groupby("d")["y"].mean().mean())
-
-
-def recall_top_fraction(y, p, fraction: float = 0.2) -> float | None:
-    y, p = np.asarray(y), np.asarray(p)
-    if y.sum() == 0:
-        return None
-    n = max(1, int(round(len(p) * fraction)))
-    top = np.argsort(-p, kind="stable")[:n]
-    return float(y[top].sum() / y.sum())
-
-
-def evaluate(y, p, days, k: int) -> dict:
-    y, p = np.asarray(y, int), np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    two = len(np.unique(y)) == 2
-    bins = calibration_bins(y, p)
-    return {
-        "n": int(len(y)),
-        "base_rate": float(y.mean()) if len(y) else None,
-        "mean_risk": float(p.mean()) if len(p) else None,
-        "roc_auc": float(roc_auc_score(y, p)) if two else None,
-        "average_precision": float(average_precision_score(y, p)) if two else None,
-        "precision_at_k": precision_at_k_per_day(y, p, days, k),
-        "k": int(k),
-        "recall_top_20pct": recall_top_fraction(y, p, 0.2),
-        "brier": float(brier_score_loss(y, p)) if len(y) else None,
-        "log_loss": float(log_loss(y, p, labels=[0, 1])) if len(y) else None,
-        "calibration_error": calibration_error(bins),
-        "calibration_bins": bins,
-    }
-
-
-def group_metrics(y, p, groups) -> dict:
-    """The main figures per group (age band, gender)."""
-    frame = pd.DataFrame({"y": np.asarray(y, int), "p": np.asarray(p, float), "g": np.asarray(groups)})
-    out = {}
-    for g, part in frame.groupby("g", sort=True):
-        two = part["y"].nunique() == 2
-        out[str(g)] = {"n": int(len(part)), "base_rate": float(part["y"].mean()),
-                       "mean_risk": float(part["p"].mean()),
-                       "roc_auc": float(roc_auc_score(part["y"], part["p"])) if two else None,
-                       "brier": float(brier_score_loss(part["y"], part["p"]))}
-    return out
-
-
-# --- data and split ---------------------------------------------------------------------------
+# --- data ----------------------------------------------------------------------------------------
 
 def training_table(engine, as_of: dt.date, settings=None) -> pd.DataFrame:
-    """Features + target of every appointment up to and including ``as_of`` with an outcome."""
+    """Features + target of every appointment up to and including ``as_of`` with an outcome,
+    sorted by day (then appointment id)."""
     settings = settings or get_settings()
     with engine.connect() as conn:
         appts = F.read_appointments(conn, "local_date <= ?", (as_of.isoformat(),))
         patients = F.read_patients(conn)
     table = F.feature_frame(appts, patients, settings.clinic_tz, settings.late_cancel_hours)
-    return table[table["eligible"]].reset_index(drop=True)
+    table = table[table["eligible"]].sort_values(["local_date", "appointment_id"], kind="stable")
+    return table.reset_index(drop=True)
 
 
-@dataclass
-class Split:
-    train: pd.DataFrame
-    calib: pd.DataFrame
-    valid: pd.DataFrame
-
-    def window(self, part: str) -> tuple[str | None, str | None]:
-        frame = getattr(self, part)
-        return (frame["local_date"].min(), frame["local_date"].max()) if len(frame) else (None, None)
+def appointment_days(engine) -> tuple[str | None, str | None]:
+    """The first and last clinic day holding any appointment (any status)."""
+    with engine.connect() as conn:
+        first, last = conn.execute(sa.select(sa.func.min(db.appointments.c.local_date),
+                                             sa.func.max(db.appointments.c.local_date))).one()
+    return (None if first is None else str(first)[:10]), (None if last is None else str(last)[:10])
 
 
-def time_split(table: pd.DataFrame, as_of: dt.date, valid_days: int,
-               calib_fraction: float = CALIB_FRACTION, max_train_rows: int | None = MAX_TRAIN_ROWS) -> Split:
-    """Split by clinic-local day: validation = the last ``valid_days`` days up to ``as_of``."""
-    if valid_days < 1:
-        raise UserError(f"valid_days must be at least 1, got {valid_days}")
-    valid_start = (as_of - dt.timedelta(days=valid_days - 1)).isoformat()
-    is_valid = table["local_date"] >= valid_start
-    valid, pre = table[is_valid], table[~is_valid]
-    # Calibration: the whole days just before the validation window holding ~calib_fraction of rows.
-    per_day = pre.groupby("local_date").size().sort_index(ascending=False)
-    need = min(calib_fraction * len(pre), MAX_CALIB_ROWS)
-    calib_days, acc = [], 0
-    for day, n in per_day.items():
-        if acc >= need and calib_days:
-            break
-        calib_days.append(day)
-        acc += n
-    if len(calib_days) == len(per_day) and len(per_day) > 1:
-        calib_days = calib_days[:-1]  # keep at least one day to train on
-    is_calib = pre["local_date"].isin(calib_days)
-    calib, train = pre[is_calib], pre[~is_calib]
-    if max_train_rows and len(train) > max_train_rows:
-        train = train.sort_values(["local_date", "appointment_id"]).iloc[-max_train_rows:]
+def check_as_of(engine, as_of: dt.date) -> None:
+    first, last = appointment_days(engine)
+    if first is None:
+        raise NotEnoughData("too little history to train: the database holds no appointments; "
+                            "no model was written")
+    if as_of.isoformat() < first:
+        raise NotEnoughData(f"as_of {as_of} is before the first appointment in the database ({first}): "
+                            "nothing to learn from; no model was written")
+    if as_of.isoformat() > last:
+        raise NotEnoughData(f"as_of {as_of} is after the last appointment in the database ({last}): "
+                            "give an as_of inside the appointments' days; no model was written")
 
-    return Split(train, calib, valid)
+
+def check_table(table: pd.DataFrame, holdout_start: str, as_of: dt.date) -> None:
+    n = len(table)
+    if n < MIN_FINISHED:
+        raise NotEnoughData(f"too little history to train: {n} finished appointments up to as_of {as_of}, "
+                            f"need at least {MIN_FINISHED}; no model was written")
+    failed = int(table["target"].sum())
+    if failed == 0:
+        raise NotEnoughData(f"too little history to train: no no-shows or late cancellations among the {n} "
+                            f"finished appointments up to as_of {as_of}; no model was written")
+    if failed == n:
+        raise NotEnoughData(f"too little history to train: every one of the {n} finished appointments up to "
+                            f"as_of {as_of} failed (no completed visit); no model was written")
+    holdout = table[table["local_date"] >= holdout_start]
+    if holdout["target"].nunique() < 2:
+        raise NotEnoughData(f"too little history to train: the holdout days {holdout_start}..{as_of} hold "
+                            f"{len(holdout)} finished appointments with {holdout['target'].nunique()} outcome(s), "
+                            "need both (check as_of and valid_days against the days in the database); "
+                            "no model was written")
 
 
 def data_fingerprint(table: pd.DataFrame) -> str:
@@ -233,145 +119,182 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-# --- training ---------------------------------------------------------------------------------
+# --- training ------------------------------------------------------------------------------------
 
 @dataclass
 class TrainResult:
     model_version: str
     kind: str
     metrics: dict
-    comparison: pd.DataFrame
-    split: Split
-    model: object
-    baseline: object
-    valid_risk: np.ndarray
+    rolling: E.RollingOrigin
+    holdout: pd.DataFrame  # the holdout rows with ``risk``: the chosen model's out-of-sample risk
+    model: M.RiskModel
     model_path: Path | None
     metrics_path: Path | None
     seconds: float
-    extra: dict = field(default_factory=dict)
-
-
-def _check_enough(table: pd.DataFrame, split: Split) -> None:
-    if len(table) < MIN_FINISHED:
-        raise NotEnoughData(f"too little history to train: {len(table)} finished appointments up to "
-                            f"as_of, need at least {MIN_FINISHED}; no model was written")
-    if split.train["target"].sum() == 0 or table["target"].sum() == 0:
-        raise NotEnoughData("too little history to train: no no-shows or late cancellations in the "
-                            "training days; no model was written")
-    for part in ("train", "calib", "valid"):
-        if len(getattr(split, part)) == 0:
-            raise NotEnoughData(f"too little history to train: the {part} slice is empty (check as_of "
-                                "and valid_days against the days in the database); no model was written")
-    if split.calib["target"].nunique() < 2:
-        raise NotEnoughData("too little history to train: the calibration slice has only one outcome; "
-                            "no model was written")
 
 
 def train(as_of=None, valid_days: int = 28, model: str = "auto", engine=None, out_dir: Path | None = None,
-          write: bool = True, kinds=None, max_train_rows: int | None = MAX_TRAIN_ROWS) -> TrainResult:
-    """Fit, compare, calibrate, evaluate and (with ``write``) save the model; see the module doc."""
-    with threadpool_limits(limits=TRAIN_THREADS, user_api="openmp"):
-        return _train(as_of, valid_days, model, engine, out_dir, write, kinds, max_train_rows)
+          write: bool = True, max_train_rows: int | None = E.MAX_TRAIN_ROWS) -> TrainResult:
+    """Evaluate, choose, refit and (with ``write``) save the model; see the module doc."""
+    with threadpool_limits(limits=M.TRAIN_THREADS, user_api="openmp"):
+        return _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows)
 
 
-def _train(as_of, valid_days, model, engine, out_dir, write, kinds, max_train_rows) -> TrainResult:
+def _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows) -> TrainResult:
     t0 = time.perf_counter()
     settings = get_settings()
     as_of = parse_day(as_of) if as_of else today_local(settings.clinic_tz)
     valid_days = int(valid_days)
-    if model != "auto" and model not in MODEL_KINDS:
-        raise UserError(f"unknown model {model!r}: expected auto, {', '.join(MODEL_KINDS)}")
+    if valid_days < 1:
+        raise UserError(f"valid_days must be at least 1, got {valid_days}")
+    if model != "auto" and model not in M.CANDIDATES:
+        raise UserError(f"unknown model {model!r}: expected auto, {', '.join(M.CANDIDATES)}")
+    candidates = list(M.CANDIDATES if model == "auto" else (model,))
     engine = engine or db.make_engine()
     ensure_schema(engine)
+    check_as_of(engine, as_of)
     table = training_table(engine, as_of, settings)
-    split = time_split(table, as_of, valid_days, max_train_rows=max_train_rows)
-    _check_enough(table, split)
-    cols = F.FEATURES
-    Xtr, ytr = split.train[cols], split.train["target"].to_numpy()
-    Xca, yca = split.calib[cols], split.calib["target"].to_numpy()
-    Xva, yva = split.valid[cols], split.valid["target"].to_numpy()
+    origins = E.holdout_origins(as_of, valid_days, HOLDOUT_STEP_DAYS)
+    check_table(table, origins[0], as_of)
     k = settings.call_capacity
 
-    candidates = list(kinds or (MODEL_KINDS if model == "auto" else (model,)))
-    rows, fitted = [], {}
-    for kind in candidates:
-        t = time.perf_counter()
-        base = make_pipeline(kind, n_rows=len(Xtr)).fit(Xtr, ytr)
-        cal = calibrate(base, Xca, yca)
-        p = cal.predict_proba(Xva)[:, 1]
-        m = evaluate(yva, p, split.valid["local_date"], k)
-        fitted[kind] = (cal, p, m)
-        rows.append({"model": kind, "log_loss": m["log_loss"], "brier": m["brier"], "roc_auc": m["roc_auc"],
-                     "average_precision": m["average_precision"], "precision_at_k": m["precision_at_k"],
-                     "calibration_error": m["calibration_error"], "seconds": time.perf_counter() - t})
-    comparison = pd.DataFrame(rows).sort_values(["log_loss", "brier"]).reset_index(drop=True)
-    best = comparison["model"].iloc[0]
-    chosen, p_valid, m_valid = fitted[best]
-
-    # Baseline: the patient's prior history only (logistic regression, calibrated the same way).
-    hist_num = [c for c in F.HISTORY_FEATURES]
-    base_pipe = Pipeline([("pre", ColumnTransformer([("num", StandardScaler(), hist_num)])),
-                          ("clf", LogisticRegression(max_iter=1000))]).fit(split.train[hist_num], ytr)
-    baseline = calibrate(base_pipe, split.calib[hist_num], yca)
-    p_base = baseline.predict_proba(split.valid[hist_num])[:, 1]
+    # 1. Evaluate every candidate and both baselines on the holdout weeks.
+    ro = E.rolling_origin(table, origins, HOLDOUT_STEP_DAYS, candidates + list(M.BASELINES),
+                          last_day=as_of.isoformat(), max_train_rows=max_train_rows)
+    # 2. Choose the kind, then the calibration, on those out-of-sample risks.
+    kind, reason = E.choose(ro, candidates)
+    scored = ro.scored
+    y = scored["target"].to_numpy()
+    calibration = E.choose_calibration(scored[kind].to_numpy(), y, scored["origin"].to_numpy())
+    holdout = scored.assign(risk=calibration.pop("risk"))
+    # 3. Refit the chosen kind on everything up to as_of, its calibration on the holdout's risks.
+    deployed = E.rows_before(table, (as_of + dt.timedelta(days=1)).isoformat(), max_train_rows)
+    estimator = M.fit_kind(kind, deployed[F.FEATURES], deployed["target"].to_numpy())
+    platt = M.Platt.fit(scored[kind].to_numpy(), y) if calibration["method"] == "sigmoid" else None
+    risk_model = M.RiskModel(kind, estimator, platt)
 
     trained_at = utc_now_text()
-    fingerprint = data_fingerprint(table)
     stamp = trained_at[:19].replace("-", "").replace(":", "")
-    version = f"{best}-{as_of.isoformat()}-{stamp}Z-{uuid.uuid4().hex[:4]}"
-    windows = {part: split.window(part) for part in ("train", "calib", "valid")}
-    metrics = {
-        "model_version": version, "model_kind": best, "as_of": as_of.isoformat(), "valid_days": valid_days,
-        "trained_at": trained_at, "late_cancel_hours": settings.late_cancel_hours,
-        "windows": {p: {"start": w[0], "end": w[1], "n": int(len(getattr(split, p))),
-                        "positives": int(getattr(split, p)["target"].sum())} for p, w in windows.items()},
-        "validation": m_valid,
-        "baseline_prior_history": evaluate(yva, p_base, split.valid["local_date"], k),
-        "by_age_band": group_metrics(yva, p_valid, split.valid["age_band"]),
-        "by_gender": group_metrics(yva, p_valid, split.valid["gender"]),
-        "comparison": comparison.to_dict("records"),
-        "definitions": {
-            "target": f"no-show, or canceled less than {settings.late_cancel_hours:g} h before the start "
-                      "(canceled without canceled_at counts as late); early cancellations are not rows",
-            "precision_at_k": "mean over validation days of the share of failures among that day's k "
-                              "highest risks (k = CALL_CAPACITY)",
-            "recall_top_20pct": "share of all validation failures found in the 20 % highest risks of the window",
-            "calibration_error": "mean absolute gap between mean predicted risk and observed rate over "
-                                 f"{CALIBRATION_BINS} equal-count bins",
-        },
-    }
+    version = f"{kind}-{as_of.isoformat()}-{stamp}Z-{uuid.uuid4().hex[:4]}"
+    metrics = _metrics(version, kind, reason, as_of, valid_days, trained_at, settings, ro, holdout,
+                       calibration, platt, deployed, k)
+    fingerprint = data_fingerprint(table)
     meta = {
-        "pipeline": chosen, "features": list(F.FEATURES), "feature_version": F.FEATURE_VERSION,
-        "sklearn_version": sklearn.__version__, "model_kind": best, "model_version": version,
-        "as_of": as_of.isoformat(), "trained_at": trained_at, "windows": metrics["windows"],
-        "data_fingerprint": fingerprint, "late_cancel_hours": settings.late_cancel_hours,
-        "clinic_tz": str(settings.clinic_tz), "metrics": {k2: v for k2, v in m_valid.items()
-                                                           if k2 != "calibration_bins"},
+        "model_format": M.MODEL_FORMAT, "pipeline": risk_model, "features": list(F.FEATURES),
+        "feature_version": F.FEATURE_VERSION, "sklearn_version": sklearn.__version__, "model_kind": kind,
+        "model_version": version, "as_of": as_of.isoformat(), "trained_at": trained_at,
+        "deployed": metrics["deployed"], "data_fingerprint": fingerprint,
+        "late_cancel_hours": settings.late_cancel_hours, "clinic_tz": str(settings.clinic_tz),
+        "holdout": {p: {key: v for key, v in metrics["holdout"][p].items() if key != "calibration_bins"}
+                    for p in E.POPULATIONS},
     }
     model_path = metrics_path = None
     if write:
-        out_dir = Path(out_dir) if out_dir else settings.model_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model_path, metrics_path = out_dir / "model.joblib", out_dir / "metrics.json"
-        tmp = model_path.with_suffix(".joblib.tmp")
-        joblib.dump(meta, tmp, compress=3)
-        tmp_m = metrics_path.with_suffix(".json.tmp")
-        tmp_m.write_text(json.dumps(metrics, indent=2, default=str))
+        model_path, metrics_path = _write(engine, settings, out_dir, meta, metrics, fingerprint)
+    return TrainResult(version, kind, metrics, ro, holdout, risk_model, model_path, metrics_path,
+                       time.perf_counter() - t0)
+
+
+def _metrics(version, kind, reason, as_of, valid_days, trained_at, settings, ro, holdout, calibration,
+             platt, deployed, k) -> dict:
+    """metrics.json (see docs/model.md)."""
+    y = holdout["target"].to_numpy()
+    means = {p: ro.mean_auc(p) for p in ("all", "booked_before_evening")}
+    per_origin = ro.per_origin("all").merge(
+        ro.per_origin("booked_before_evening")[["origin", "n"] + ro.models], on="origin",
+        suffixes=("", "_booked_before_evening"))
+    figures = E.population_figures(holdout, holdout["risk"].to_numpy(), k)
+    return {
+        "model_version": version, "model_kind": kind, "as_of": as_of.isoformat(), "valid_days": valid_days,
+        "trained_at": trained_at, "late_cancel_hours": settings.late_cancel_hours,
+        "clinic_tz": str(settings.clinic_tz),
+        "holdout": {
+            "start": holdout["local_date"].min(), "end": holdout["local_date"].max(),
+            "origins": ro.origins, "step_days": HOLDOUT_STEP_DAYS,
+            **figures,
+            "by_age_band": E.group_figures(y, holdout["risk"], holdout["age_band"]),
+            "by_gender": E.group_figures(y, holdout["risk"], holdout["gender"]),
+        },
+        "baselines": {
+            name: {**E.population_figures(holdout, holdout[name].to_numpy(), k),
+                   "mean_roc_auc": means["all"][name],
+                   "mean_roc_auc_booked_before_evening": means["booked_before_evening"][name]}
+            for name in M.BASELINES},
+        "choice": {"chosen": kind, "reason": reason, "candidates": [m for m in ro.models if m not in M.BASELINES],
+                   "mean_roc_auc": means["all"], "mean_roc_auc_booked_before_evening": means["booked_before_evening"],
+                   "per_origin": per_origin.to_dict("records")},
+        "calibration": {**calibration, "platt": None if platt is None else {"a": platt.a, "b": platt.b},
+                        "risk_floor": M.RISK_FLOOR},
+        "deployed": {"kind": kind, "train_start": deployed["local_date"].iloc[0],
+                     "train_end": deployed["local_date"].iloc[-1], "rows": int(len(deployed)),
+                     "positives": int(deployed["target"].sum()), "calibration": calibration["method"],
+                     "calibration_start": holdout["local_date"].min() if platt is not None else None,
+                     "calibration_end": holdout["local_date"].max() if platt is not None else None,
+                     "calibration_rows": int(len(holdout)) if platt is not None else 0},
+        "definitions": {
+            "target": f"no-show, or canceled less than {settings.late_cancel_hours:g} h before the start "
+                      "(canceled without canceled_at counts as late); early cancellations are not rows",
+            "booked_before_evening": "appointments booked before the clinic-local midnight that starts their "
+                                     "day: the ones an evening call list can hold",
+            "same_day": "appointments booked on their own day, after the evening list was made",
+            "holdout": f"the last {valid_days} days up to as_of; each {HOLDOUT_STEP_DAYS}-day week scored by "
+                       "models fitted on the days before it only",
+            "precision_at_k": "mean over holdout days of the share of failures among that day's k highest "
+                              "risks (k = CALL_CAPACITY)",
+            "recall_top_20pct": "share of all holdout failures found in the 20 % highest risks",
+            "calibration_error": "mean absolute gap between mean predicted risk and observed rate over "
+                                 f"{E.CALIBRATION_BINS} equal-count bins",
+            "mean_roc_auc": "mean over the holdout weeks of each model's ROC AUC; the choice compares these",
+        },
+    }
+
+
+def _write(engine, settings, out_dir, meta, metrics, fingerprint) -> tuple[Path, Path]:
+    """model.joblib, metrics.json and the model_runs row, replaced together at the end."""
+    out_dir = Path(out_dir) if out_dir else settings.model_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, metrics_path = out_dir / "model.joblib", out_dir / "metrics.json"
+    tmp = model_path.with_suffix(".joblib.tmp")
+    joblib.dump(meta, tmp, compress=3)
+    tmp_m = metrics_path.with_suffix(".json.tmp")
+    tmp_m.write_text(json.dumps(plain(metrics), indent=2, allow_nan=False))
+    h, d = metrics["holdout"], metrics["deployed"]
+    before = h["booked_before_evening"]
+    try:
         with db.begin_write(engine) as conn:
             conn.execute(db.model_runs.insert().values(
-                model_version=version, trained_at=trained_at,
-                as_of=as_of.isoformat() if db.is_sqlite(conn) else as_of, model_kind=best,
-                train_start=_d(conn, windows["train"][0]), train_end=_d(conn, windows["train"][1]),
-                valid_start=_d(conn, windows["valid"][0]), valid_end=_d(conn, windows["valid"][1]),
-                n_train=int(len(split.train)), n_valid=int(len(split.valid)),
-                roc_auc=m_valid["roc_auc"], average_precision=m_valid["average_precision"],
-                brier=m_valid["brier"], log_loss=m_valid["log_loss"], base_rate=m_valid["base_rate"],
+                model_version=meta["model_version"], trained_at=meta["trained_at"],
+                as_of=_d(conn, meta["as_of"]), model_kind=meta["model_kind"],
+                train_start=_d(conn, d["train_start"]), train_end=_d(conn, d["train_end"]),
+                valid_start=_d(conn, h["start"]), valid_end=_d(conn, h["end"]),
+                n_train=d["rows"], n_valid=h["all"]["n"],
+                roc_auc=before["roc_auc"], average_precision=before["average_precision"],
+                brier=before["brier"], log_loss=before["log_loss"], base_rate=before["base_rate"],
                 data_fingerprint=fingerprint, model_path=str(model_path)))
             os.replace(tmp, model_path)
             os.replace(tmp_m, metrics_path)
-    return TrainResult(version, best, metrics, comparison, split, chosen, baseline, p_valid,
-                       model_path, metrics_path, time.perf_counter() - t0,
-                       extra={"baseline_risk": p_base})
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_m.unlink(missing_ok=True)
+    return model_path, metrics_path
+
+
+def plain(value):
+    """``value`` with numpy scalars as Python numbers and NaN as None: strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
 
 
 def _d(conn, text):
@@ -380,21 +303,49 @@ def _d(conn, text):
     return text if db.is_sqlite(conn) else dt.date.fromisoformat(text)
 
 
+# --- figures for the notebook ----------------------------------------------------------------------
+
+def rolling_table(result: TrainResult, population: str = "booked_before_evening") -> pd.DataFrame:
+    """ROC AUC per holdout week of every model and baseline on ``population``, with the means."""
+    table = result.rolling.per_origin(population)
+    means = result.rolling.mean_auc(population)
+    mean_row = {"origin": "mean", "days": "", "n": int(table["n"].sum()), "base_rate": None, **means}
+    return pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True).set_index("origin")
+
+
+def summary_table(result: TrainResult, population: str = "booked_before_evening") -> pd.DataFrame:
+    """The holdout figures of the model and both baselines side by side, for one population."""
+    keys = ["n", "base_rate", "mean_risk", "roc_auc", "average_precision", "precision_at_k",
+            "recall_top_20pct", "brier", "log_loss", "calibration_error", "distinct_risks"]
+    m = result.metrics
+    columns = {f"model ({result.kind})": m["holdout"][population]}
+    columns.update({f"baseline: {b}": m["baselines"][b][population] for b in M.BASELINES})
+    return pd.DataFrame({name: [f[key] for key in keys] for name, f in columns.items()}, index=keys)
+
+
 def permutation_importances(result: TrainResult, n_repeats: int = 3, max_rows: int = 20000,
                             seed: int = 0) -> pd.DataFrame:
-    """Permutation importance (drop in ROC AUC) of each feature on the validation window."""
-    from sklearn.inspection import permutation_importance
-    valid = result.split.valid
-    if len(valid) > max_rows:
-        valid = valid.sample(max_rows, random_state=seed)
-    imp = permutation_importance(result.model, valid[F.FEATURES], valid["target"].to_numpy(),
-                                 scoring="roc_auc", n_repeats=n_repeats, random_state=seed, n_jobs=1)
-    return (pd.DataFrame({"feature": F.FEATURES, "importance": imp.importances_mean,
-                          "std": imp.importances_std})
-            .sort_values("importance", ascending=False).reset_index(drop=True))
+    """Drop in ROC AUC when one feature is shuffled, for the last holdout week's model on that week
+    (a model that never saw those rows)."""
+    fits = result.rolling.last_fits
+    rows = result.holdout[result.holdout["origin"] == result.rolling.origins[-1]["origin"]]
+    if result.kind not in fits or rows["target"].nunique() < 2:
+        return pd.DataFrame(columns=["feature", "importance", "std"])
+    if len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=seed)
+    model, X, y = fits[result.kind], rows[F.FEATURES], rows["target"].to_numpy()
+    rng = np.random.default_rng(seed)
+    base = E.roc_auc(y, model.predict_proba(X)[:, 1])
+    out = []
+    for col in F.FEATURES:
+        drops = []
+        for _ in range(n_repeats):
+            shuffled = X.copy()
+            shuffled[col] = rng.permutation(shuffled[col].to_numpy())
+            drops.append(base - E.roc_auc(y, model.predict_proba(shuffled)[:, 1]))
+        out.append({"feature": col, "importance": float(np.mean(drops)), "std": float(np.std(drops))})
+    return pd.DataFrame(out).sort_values("importance", ascending=False).reset_index(drop=True)
 
-
-# --- figures for the notebook -------------------------------------------------------------------
 
 def show_figure(fig) -> None:
     """Show a matplotlib figure in the notebook with its axes' titles as the image's alternative
@@ -407,22 +358,26 @@ def show_figure(fig) -> None:
     plt.close(fig)
 
 
-def plot_curves(result: TrainResult):
-    """ROC and precision-recall curves of the model and the prior-history baseline (validation)."""
+def plot_curves(result: TrainResult, population: str = "booked_before_evening"):
+    """ROC and precision-recall curves of the model and both baselines on the holdout."""
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
-    y = result.split.valid["target"].to_numpy()
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    mask = E.population_masks(result.holdout)[population]
+    h = result.holdout[mask]
+    y = h["target"].to_numpy()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, p in ((f"model ({result.kind})", result.valid_risk),
-                    ("prior history only", result.extra["baseline_risk"])):
-        fpr, tpr, _ = roc_curve(y, p)
-        ax1.plot(fpr, tpr, label=f"{name}: AUC {roc_auc_score(y, p):.3f}")
-        prec, rec, _ = precision_recall_curve(y, p)
-        ax2.plot(rec, prec, label=f"{name}: AP {average_precision_score(y, p):.3f}")
+    label = population.replace("_", " ")
+    if len(np.unique(y)) == 2:
+        for name, p in ((f"model ({result.kind})", h["risk"]), ("four-feature baseline", h["four_feature"]),
+                        ("lead time alone", h["lead_time"])):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax1.plot(fpr, tpr, label=f"{name}: AUC {roc_auc_score(y, p):.3f}")
+            prec, rec, _ = precision_recall_curve(y, p)
+            ax2.plot(rec, prec, label=f"{name}: AP {average_precision_score(y, p):.3f}")
+        ax2.axhline(y.mean(), color="k", ls=":", lw=1, label=f"base rate {y.mean():.3f}")
     ax1.plot([0, 1], [0, 1], "k:", lw=1)
-    ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation window)")
-    ax2.axhline(y.mean(), color="k", ls=":", lw=1, label=f"base rate {y.mean():.3f}")
-    ax2.set(xlabel="recall", ylabel="precision", title="Precision-recall (validation window)")
+    ax1.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (holdout, {label})")
+    ax2.set(xlabel="recall", ylabel="precision", title=f"Precision-recall (holdout, {label})")
     ax1.legend(loc="lower right")
     ax2.legend(loc="upper right")
     fig.tight_layout()
@@ -430,19 +385,17 @@ def plot_curves(result: TrainResult):
 
 
 def plot_calibration(result: TrainResult):
-    """Mean predicted risk vs observed rate per equal-count bin (validation window)."""
+    """Mean predicted risk vs observed rate per equal-count bin (holdout, all appointments)."""
     import matplotlib.pyplot as plt
-    bins = result.metrics["validation"]["calibration_bins"]
-    base = result.metrics["baseline_prior_history"]["calibration_bins"]
+    bins = result.metrics["holdout"]["all"]["calibration_bins"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    top = max([b["mean_predicted"] for b in bins + base] + [b["observed_rate"] for b in bins + base] + [0.05])
+    top = max([b["mean_predicted"] for b in bins] + [b["observed_rate"] for b in bins] + [0.05])
     ax.plot([0, top], [0, top], "k:", lw=1, label="perfect")
     ax.plot([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins], "o-",
-            label=f"model: gap {result.metrics['validation']['calibration_error']:.3f}")
-    ax.plot([b["mean_predicted"] for b in base], [b["observed_rate"] for b in base], "s--", alpha=0.6,
-            label="prior history only")
+            label=f"model: gap {result.metrics['holdout']['all']['calibration_error']:.3f} "
+                  f"({result.metrics['calibration']['method']})")
     ax.set(xlabel="mean predicted risk", ylabel="observed failure rate",
-           title="Calibration (validation, 10 equal-count bins)")
+           title="Calibration (holdout, 10 equal-count bins)")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -453,14 +406,6 @@ def plot_importances(importances: pd.DataFrame):
     frame = importances.iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(frame) + 1))
     ax.barh(frame["feature"], frame["importance"], xerr=frame["std"], color="tab:blue")
-    ax.set(xlabel="drop in ROC AUC when shuffled", title="Permutation importance (validation window)")
+    ax.set(xlabel="drop in ROC AUC when shuffled", title="Permutation importance (last holdout week)")
     fig.tight_layout()
     return fig
-
-
-def summary_table(result: TrainResult) -> pd.DataFrame:
-    """The headline metrics of the model and the baseline side by side."""
-    keys = ["n", "base_rate", "mean_risk", "roc_auc", "average_precision", "precision_at_k",
-            "recall_top_20pct", "brier", "log_loss", "calibration_error"]
-    m, b = result.metrics["validation"], result.metrics["baseline_prior_history"]
-    return pd.DataFrame({"model": [m[k] for k in keys], "prior history only": [b[k] for k in keys]}, index=keys)

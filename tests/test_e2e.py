@@ -117,7 +117,8 @@ def test_full_chain_for_one_day_leaves_every_output(demo_env):
     assert len(priorities) > 1
     assert list((outputs / "outbox").rglob("*.eml"))
     metrics = json.loads((outputs / "model" / "metrics.json").read_text())
-    assert 0.5 < metrics["validation"]["roc_auc"] <= 1
+    assert 0.5 < metrics["holdout"]["booked_before_evening"]["roc_auc"] <= 1
+    assert metrics["deployed"]["train_end"] == str(TODAY)  # the saved model learned up to the run day
     # and the API serves that list from the database
     from clinic_lib.api import create_app
     os.environ.update({k: demo_env[k] for k in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR")})
