@@ -58,9 +58,11 @@ from .timeutil import parse_day, utc_now_text
 ROLLING_DAYS = 28  # "the last 4 weeks"
 LOOKBACK_DAYS = 35  # scored days checked for changes after each refresh: the rolling window and a week
 BANDS = ("low", "medium", "high")
-# Where metrics.json keeps the estimate on held-out days, newest layout first; the first key that
-# holds a dict with a roc_auc wins. "validation" is the layout train.py writes today.
-HOLDOUT_KEYS = ("holdout", "validation")
+# Where metrics.json keeps the estimate on held-out days, newest layout first; the first path that
+# leads to a dict with a roc_auc wins. The chain scores appointments booked before the evening, so the
+# estimate to compare with is that population's (train.py writes it under holdout.booked_before_evening);
+# "validation" is the layout of models saved by older code.
+HOLDOUT_KEYS = ("holdout.booked_before_evening", "validation")
 
 MONITORING_COLUMNS = [c.name for c in db.model_monitoring.columns]
 
@@ -382,7 +384,9 @@ def holdout_estimate(settings: Settings | None = None, path: Path | None = None)
     if not isinstance(metrics, dict):
         return None
     for key in HOLDOUT_KEYS:
-        block = metrics.get(key)
+        block = metrics
+        for part in key.split("."):
+            block = block.get(part) if isinstance(block, dict) else None
         if isinstance(block, dict) and isinstance(block.get("roc_auc"), (int, float)):
             out = {name: block.get(name) for name in ("roc_auc", "base_rate", "mean_risk", "precision_at_k",
                                                       "calibration_error", "n")}

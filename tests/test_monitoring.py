@@ -18,6 +18,7 @@ import pytest
 
 from clinic_lib import db
 from clinic_lib import features as F
+from clinic_lib import models as M
 from clinic_lib.monitoring import (
     HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, retrain_decision,
     retrain_reason, roc_auc, rolling_figures, scored_query, update_monitoring, weekly_figures)
@@ -207,9 +208,12 @@ def test_holdout_estimate_layouts(tmp_path):
     path.write_text(json.dumps({"model_version": "m1", "validation": {"roc_auc": 0.77, "n": 10}}))
     h = holdout_estimate(path=path)
     assert (h["roc_auc"], h["n"], h["base_rate"], h["model_version"], h["key"]) == (0.77, 10, None, "m1", "validation")
+    # the layout train.py writes: the booked-before-the-evening population of the holdout
     path.write_text(json.dumps({"model_version": "m1", "validation": {"roc_auc": 0.77},
-                                HOLDOUT_KEYS[0]: {"roc_auc": 0.74, "base_rate": 0.15}}))
-    assert (holdout_estimate(path=path)["roc_auc"], holdout_estimate(path=path)["key"]) == (0.74, HOLDOUT_KEYS[0])
+                                "holdout": {"start": "2026-03-01", "all": {"roc_auc": 0.80},
+                                            "booked_before_evening": {"roc_auc": 0.74, "base_rate": 0.15}}}))
+    assert (holdout_estimate(path=path)["roc_auc"], holdout_estimate(path=path)["key"]) == (
+        0.74, "holdout.booked_before_evening")
     path.write_text(json.dumps({"validation": {"roc_auc": None}}))
     assert holdout_estimate(path=path) is None
 
@@ -252,7 +256,8 @@ def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch)
     trained = "2026-03-29T12:00:00+00:00"
     joblib.dump({"pipeline": None, "features": list(F.FEATURES), "feature_version": F.FEATURE_VERSION,
                  "sklearn_version": sklearn.__version__, "model_version": "test-1", "trained_at": trained,
-                 "late_cancel_hours": 24.0, "clinic_tz": "Europe/Berlin"}, model_dir / "model.joblib")
+                 "late_cancel_hours": 24.0, "clinic_tz": "Europe/Berlin", "model_format": M.MODEL_FORMAT},
+                model_dir / "model.joblib")
     (model_dir / "metrics.json").write_text(json.dumps({"model_version": "test-1", "validation": {"roc_auc": 0.9}}))
     now = "2026-04-01T12:00:00+00:00"  # 3 days after training
     monkeypatch.setenv("RETRAIN_MIN_SCORED", "6")
