@@ -1,8 +1,13 @@
-"""Catching up on missed days: validate and refresh each day of a range in order, in one process.
+"""Catching up on missed days: each day of a range in order, in one process, as its evening would have run.
 
 ``run_daily.py --from D1 --to D2`` uses this (through ``notebooks/backfill.ipynb``, one kernel for
-the whole range) for every day but the last, then runs the full chain for the last day: scores,
-callback lists and reminders are for the day ahead, so past days need none.
+the whole range) for every day but the last, then runs the full chain for the last day. Each earlier
+day is validated and refreshed, then its evening is replayed (``replay_evening``): the model
+monitoring of the days whose outcomes just arrived, a retrain when the retrain rule asks for one
+(the model's age counted in clinic days: days of data it has not seen), and the next clinic day's
+scores and call list, made with only what was known that evening. So a catch-up leaves the record a
+nightly run would have left, and the monitoring judges the model on every day of it. Reminders are
+not replayed: they are emails to patients, and those days have passed.
 """
 from __future__ import annotations
 
@@ -22,9 +27,37 @@ def days_between(first, last) -> list[dt.date]:
     return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
 
 
+def replay_evening(day, engine: sa.Engine) -> dict:
+    """The evening of a past ``day`` after its refresh: monitoring, a retrain when due, the next
+    clinic day's scores and call list (see the module doc). Returns what was done."""
+    from .calendar import next_clinic_day
+    from .evaluate import NotEnoughData
+    from .monitoring import retrain_decision, update_monitoring
+    from .predict import model_path, score_day
+    from .priorities import build_priorities
+    from .train import train
+    day = parse_day(day)
+    update_monitoring(day, engine)
+    decision = retrain_decision(day, engine, age_in_clinic_days=True)
+    trained = ""
+    if decision.retrain:
+        try:
+            trained = train(as_of=day, engine=engine, retrain_reason=str(decision.reason)).model_version
+        except NotEnoughData:
+            trained = "too little history"
+    target = next_clinic_day(engine, day)
+    scored = 0
+    if model_path().exists():
+        scored = len(score_day(target, engine).scores)
+    listed = len(build_priorities(target, engine).frame)
+    return {"retrained": trained, "retrain_reason": str(decision.reason or ""), "scored_day": str(target),
+            "scored": scored, "listed": listed}
+
+
 def validate_and_refresh(days, engine: sa.Engine, on_day: Callable[[dict], None] | None = None,
-                         allow_empty: bool = False) -> pd.DataFrame:
-    """Each day in order: validate its drop, stop at the first with errors, else refresh it.
+                         allow_empty: bool = False, evenings: bool = True) -> pd.DataFrame:
+    """Each day in order: validate its drop, stop at the first with errors, else refresh it and
+    (with ``evenings``) replay its evening.
 
     Returns one row per day done (day, validation status, warnings, rows read/written, seconds);
     the first bad day raises ``ValidationFailed`` (or the refresh's error) with that day's report,
@@ -39,7 +72,10 @@ def validate_and_refresh(days, engine: sa.Engine, on_day: Callable[[dict], None]
         result = refresh_day(day, engine=engine, allow_empty=allow_empty)
         row = {"day": str(day), "validation": report.status, "warnings": len(report.warnings),
                "rows_read": result.rows_read, "rows_written": result.rows_written,
-               "deleted": result.deleted, "seconds": round(time.perf_counter() - t0, 3)}
+               "deleted": result.deleted}
+        if evenings:
+            row.update(replay_evening(day, engine))
+        row["seconds"] = round(time.perf_counter() - t0, 3)
         done.append(row)
         if on_day:
             on_day(row)

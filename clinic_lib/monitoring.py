@@ -498,7 +498,7 @@ def weekly_figures(start, end, engine: sa.Engine | None = None, settings: Settin
 
 @dataclass(frozen=True)
 class RetrainReason:
-    kind: str  # 'missing', 'age', 'calibration', 'auc'
+    kind: str  # 'missing', 'age', 'calibration', 'auc'; 'future' (a replayed evening, see retrain_decision)
     text: str
 
     def __str__(self) -> str:
@@ -549,10 +549,15 @@ class RetrainDecision:
 
 
 def retrain_decision(day, engine: sa.Engine | None = None, settings: Settings | None = None,
-                     now=None, model_file: Path | None = None) -> RetrainDecision:
+                     now=None, model_file: Path | None = None,
+                     age_in_clinic_days: bool = False) -> RetrainDecision:
     """Gather ``retrain_reason``'s inputs for the evening of ``day`` (its outcomes known): the saved
     model's age (wall clock ``now``, default the current time) and its rolling figures to ``day``
-    against its holdout estimate (an estimate written for another model version is not used)."""
+    against its holdout estimate (an estimate written for another model version is not used).
+
+    ``age_in_clinic_days``: the age is ``day`` minus the model's ``as_of`` instead, the days of data
+    it has not seen; a catch-up replaying past evenings counts age this way, since the wall clock
+    then says nothing about those evenings."""
     from .errors import CannotRun
     from .predict import load_model, model_path
     settings = settings or get_settings()
@@ -565,8 +570,15 @@ def retrain_decision(day, engine: sa.Engine | None = None, settings: Settings | 
                                               realised_auc=None, holdout_auc=None, max_age_days=0,
                                               calibration_gap_threshold=0, auc_drop_threshold=0, min_scored=0),
                                None, None, None)
-    now = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
-    age = (now - pd.Timestamp(meta["trained_at"])) / pd.Timedelta(days=1)
+    if age_in_clinic_days and meta.get("as_of"):
+        age = float((parse_day(day) - parse_day(meta["as_of"])).days)
+        if age < 0:  # a model that learned from later days would judge this evening with hindsight
+            return RetrainDecision(RetrainReason("future", f"the saved model learned from days up to "
+                                                           f"{meta['as_of']}, after {parse_day(day)}"),
+                                   meta.get("model_version"), age, None)
+    else:
+        now = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
+        age = (now - pd.Timestamp(meta["trained_at"])) / pd.Timedelta(days=1)
     version = meta.get("model_version")
     holdout = holdout_estimate(settings, (Path(model_file).parent / "metrics.json") if model_file else None)
     if holdout and holdout.get("model_version") not in (None, version):

@@ -124,9 +124,24 @@ def _model_exists() -> bool:
     return model_path().exists()
 
 
-def _model_needs_training() -> bool:
-    from .predict import needs_training
-    return needs_training()
+def _retrain_decision(day: dt.date, engine):
+    """Whether the evening of ``day`` retrains, and why (``monitoring.retrain_decision``): no usable
+    model, older than MODEL_MAX_AGE_DAYS, or its last 4 weeks off in calibration or ROC AUC."""
+    from .monitoring import retrain_decision
+    return retrain_decision(day, engine)
+
+
+def _after_refresh(day: dt.date, engine) -> None:
+    """The monitoring rows of the scored days whose outcomes the refresh of ``day`` brought."""
+    from .monitoring import update_monitoring
+    try:
+        update = update_monitoring(day, engine)
+    except Exception as exc:  # the evening's list matters more than its monitoring: say so, go on
+        log.warning("%s monitoring: not updated (%s); the next refresh tries again", day, _error_summary(exc))
+        return
+    if update.recomputed or update.deleted:
+        log.info("%s monitoring: %d scored day(s) judged, %d removed", day, len(update.recomputed),
+                 len(update.deleted))
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict, progress: bool = True) -> None:
@@ -167,10 +182,11 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             from .report import render_run_report
             path = render_run_report(out_dir)
             res = StepResult(step.name, "ok", time.perf_counter() - t0, path)
-        elif step.name == "train" and not _model_needs_training():
-            # No kernel start for a model that is fresh: the step is done by not being needed.
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh, not retrained")
-            log.info("%s train: model is fresh (younger than MODEL_MAX_AGE_DAYS), not retrained", day)
+        elif step.name == "train" and not (decision := _retrain_decision(day, engine)).retrain:
+            # No kernel start for a model that is fresh and holding up: the step is done by not being needed.
+            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh and holding up, not retrained")
+            log.info("%s train: the model is younger than MODEL_MAX_AGE_DAYS and its last 4 weeks are within "
+                     "the retrain thresholds: not retrained", day)
         elif step.name == "score" and not _model_exists():
             # A young clinic without enough history has no model yet: the callback list then uses
             # the heuristic risk (and says so); that is not a failure of the evening's run.
@@ -181,6 +197,9 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             output = out_dir / f"{index:02d}_{step.name}.ipynb"
             try:
                 params = step_parameters(step.name, day, engine, empty_day)
+                if step.name == "train":
+                    params["retrain_reason"] = str(decision.reason)
+                    log.info("%s train: retraining because %s", day, decision.reason)
                 execute_notebook(NOTEBOOKS_DIR / step.notebook, output, params, progress=not quiet)
             except Exception as exc:  # papermill's error carries the notebook's exception
                 seconds = time.perf_counter() - t0
@@ -197,8 +216,13 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
                 result.steps.append(StepResult(step.name, "failed", seconds, output, _error_summary(exc)))
                 where = f"; open {output} to see where" if output.exists() else ""
                 raise StepFailed(f"day {day}, step '{step.name}' failed: {_error_summary(exc)}{where}") from exc
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, output)
+            res = StepResult(step.name, "ok", time.perf_counter() - t0, output,
+                             note=f"retrained because {decision.reason}" if step.name == "train" else "")
+            if step.name == "refresh":
+                _after_refresh(day, engine)
         state["steps"][step.name] = {"status": "ok", "at": utc_now_text(), "seconds": round(res.seconds, 2)}
+        if res.note:
+            state["steps"][step.name]["note"] = res.note
         _write_state(day, state)
         result.steps.append(res)
         log.info("%s %s: ok in %.1f s", day, step.name, res.seconds)
@@ -247,7 +271,8 @@ def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = F
         log.info("%s .. %s backfill: validate and refresh %d day(s) in one kernel", earlier[0], earlier[-1], len(earlier))
         try:
             execute_notebook(NOTEBOOKS_DIR / "backfill.ipynb", output,
-                             {"date_from": earlier[0].isoformat(), "date_to": earlier[-1].isoformat()},
+                             {"date_from": earlier[0].isoformat(), "date_to": earlier[-1].isoformat(),
+                              "evenings": "score" in steps or "priorities" in steps},
                              progress=not quiet)
         except Exception as exc:
             raise StepFailed(f"backfill {earlier[0]} .. {earlier[-1]} stopped: {_error_summary(exc)}; "

@@ -135,13 +135,15 @@ class TrainResult:
 
 
 def train(as_of=None, valid_days: int = 28, model: str = "auto", engine=None, out_dir: Path | None = None,
-          write: bool = True, max_train_rows: int | None = E.MAX_TRAIN_ROWS) -> TrainResult:
-    """Evaluate, choose, refit and (with ``write``) save the model; see the module doc."""
+          write: bool = True, max_train_rows: int | None = E.MAX_TRAIN_ROWS,
+          retrain_reason: str = "") -> TrainResult:
+    """Evaluate, choose, refit and (with ``write``) save the model; see the module doc.
+    ``retrain_reason``: why the chain retrains (``monitoring.retrain_decision``), kept in metrics.json."""
     with threadpool_limits(limits=M.TRAIN_THREADS, user_api="openmp"):
-        return _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows)
+        return _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows, retrain_reason)
 
 
-def _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows) -> TrainResult:
+def _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows, retrain_reason="") -> TrainResult:
     t0 = time.perf_counter()
     settings = get_settings()
     as_of = parse_day(as_of) if as_of else today_local(settings.clinic_tz)
@@ -179,6 +181,7 @@ def _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows) -> 
     version = f"{kind}-{as_of.isoformat()}-{stamp}Z-{uuid.uuid4().hex[:4]}"
     metrics = _metrics(version, kind, reason, as_of, valid_days, trained_at, settings, ro, holdout,
                        calibration, platt, deployed, k)
+    metrics["retrain_reason"] = retrain_reason or "trained on request"
     fingerprint = data_fingerprint(table)
     meta = {
         "model_format": M.MODEL_FORMAT, "pipeline": risk_model, "features": list(F.FEATURES),
