@@ -61,6 +61,7 @@ class Row(NamedTuple):
     is_new_patient: bool
     missing_phone: bool
     missing_consent: bool
+    holdout: bool  # held out of the calls at random (CALL_HOLDOUT_SHARE): do not call
     reminder: str  # emailed / pending / none
     no_reminder_reason: str | None
     calls: int
@@ -78,13 +79,17 @@ class Row(NamedTuple):
 
 
 class Progress(NamedTuple):
+    """The rows to call (held-out rows are not), how many of them were called and reached, and the
+    held-out rows."""
     total: int
     called: int
     spoken_to: int
+    held_out: int = 0
 
     @property
     def text(self) -> str:
-        return f"{self.called} of {self.total} called, {self.spoken_to} reached"
+        held = f", {self.held_out} held out (not to call)" if self.held_out else ""
+        return f"{self.called} of {self.total} called, {self.spoken_to} reached{held}"
 
 
 def check_outcome(value) -> str:
@@ -120,7 +125,7 @@ _MINE = "c.appointment_id = p.appointment_id"
 _SPOKEN_TO = ", ".join(f"'{o}'" for o in SPOKEN_TO)
 _ROWS = f"""SELECT p.rank, p.appointment_id, pt.first_name, pt.last_name, pt.phone, pt.email, pt.reminder_consent,
        ph.full_name, a.appt_start, a.status, p.risk_bucket, p.risk_score, p.risk_source, p.priority_reason,
-       p.is_new_patient, p.missing_phone, p.missing_consent,
+       p.is_new_patient, p.missing_phone, p.missing_consent, p.holdout,
        (SELECT max(r.smtp_delivered) FROM reminders r WHERE r.appointment_id = p.appointment_id),
        (SELECT count(*) FROM call_outcomes c WHERE {_MINE}),
        CASE WHEN EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE} AND c.outcome IN ({_SPOKEN_TO}))
@@ -140,10 +145,12 @@ SOME_ROWS_SQL = sa.text(_ROWS + """ AND p.appointment_id IN (
        SELECT CAST(:appointment_id AS BIGINT)
        UNION SELECT c.appointment_id FROM call_outcomes c WHERE c.outcome_id > :seen)
  ORDER BY p.rank""").bindparams(sa.bindparam("day", type_=db.Day()))
-PROGRESS_SQL = sa.text(f"""SELECT count(*),
-       coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE}) THEN 1 ELSE 0 END), 0),
-       coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE}
-                                        AND c.outcome IN ({_SPOKEN_TO})) THEN 1 ELSE 0 END), 0)
+PROGRESS_SQL = sa.text(f"""SELECT coalesce(sum(CASE WHEN p.holdout = 0 THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN p.holdout = 0 AND EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE})
+                         THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN p.holdout = 0 AND EXISTS (SELECT 1 FROM call_outcomes c WHERE {_MINE}
+                                        AND c.outcome IN ({_SPOKEN_TO})) THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN p.holdout = 0 THEN 0 ELSE 1 END), 0)
   FROM priorities p WHERE p.day = :day""").bindparams(sa.bindparam("day", type_=db.Day()))
 NEWEST = 2**62  # "seen" that no outcome id passes: only the one appointment
 
@@ -161,7 +168,7 @@ def _reminder(delivered, consent, email, smtp_configured: bool) -> tuple[str, st
 def _rows(result, tz, smtp_configured: bool) -> list[Row]:
     rows = []
     for (rank, aid, first, last, phone, email, consent, physio, start, status, bucket, score, source, reason,
-         new, no_phone, no_consent, delivered, calls, spoken, outcome_id, outcome, note, recorded_at,
+         new, no_phone, no_consent, holdout, delivered, calls, spoken, outcome_id, outcome, note, recorded_at,
          recorded_by, _) in result:
         reminder, why = _reminder(delivered, consent, email, smtp_configured)
         latest = None
@@ -169,7 +176,7 @@ def _rows(result, tz, smtp_configured: bool) -> list[Row]:
             latest = LatestCall(outcome, note, _local(recorded_at, tz), recorded_by)
         rows.append(Row(int(rank), int(aid), f"{first or ''} {last or ''}".strip(), phone, physio,
                         _local(start, tz), status, bucket, float(score), source, reason, bool(new),
-                        bool(no_phone), bool(no_consent), reminder, why, int(calls), bool(spoken), latest,
+                        bool(no_phone), bool(no_consent), bool(holdout), reminder, why, int(calls), bool(spoken), latest,
                         None if outcome_id is None else int(outcome_id)))
     return rows
 
@@ -189,13 +196,15 @@ def some_rows(conn, day: dt.date, tz, appointment_id: int, seen: int = NEWEST,
 
 
 def progress_of(rows: list[Row]) -> Progress:
-    return Progress(len(rows), sum(1 for r in rows if r.calls), sum(1 for r in rows if r.spoken_to))
+    to_call = [r for r in rows if not r.holdout]
+    return Progress(len(to_call), sum(1 for r in to_call if r.calls), sum(1 for r in to_call if r.spoken_to),
+                    len(rows) - len(to_call))
 
 
 def day_progress(conn, day: dt.date) -> Progress:
     """The day's progress without reading its rows: one aggregate statement."""
-    total, called, spoken = conn.execute(PROGRESS_SQL, {"day": day}).one()
-    return Progress(int(total), int(called), int(spoken))
+    total, called, spoken, held_out = conn.execute(PROGRESS_SQL, {"day": day}).one()
+    return Progress(int(total), int(called), int(spoken), int(held_out))
 
 
 def seen_marker(rows: list[Row]) -> int:

@@ -414,7 +414,7 @@ def _list_page_parts(day: dt.date, show: str) -> tuple:
             _weekdays(conn)
             rows, built = call_list.day_rows(conn, day, screen.tz, screen.smtp)
         progress = call_list.progress_of(rows)
-        shown = [r for r in rows if not r.calls] if show == "open" else rows
+        shown = [r for r in rows if not r.calls and not r.holdout] if show == "open" else rows
         latest = today + dt.timedelta(days=FAR_AHEAD_DAYS)
         nxt = _next_clinic_day(day)
         html = render_template(
