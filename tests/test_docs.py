@@ -24,6 +24,7 @@ from clinic_lib import checks
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
+FOLDER_NOTES = [ROOT / "data" / "README.md", ROOT / "outputs" / "README.md", ROOT / "tests" / "data" / "README.md"]
 MAX_README_LINES = 350
 
 # docs/benchmarks.md is written by `make bench` (bench/report.py) on another branch of this
@@ -142,7 +143,7 @@ def test_the_link_checker_finds_broken_links_and_anchors(tmp_path, monkeypatch):
 
 
 def test_every_relative_link_in_the_readme_and_docs_resolves():
-    assert broken_links([README, *DOCS], awaited=AWAITED) == []
+    assert broken_links([README, *DOCS, *FOLDER_NOTES], awaited=AWAITED) == []
 
 
 @pytest.mark.xfail(not all(p.exists() for p in AWAITED), strict=True,
@@ -237,7 +238,7 @@ TIMING = re.compile("|".join([
 
 def project_files() -> list[Path]:
     """The project's own text: README, docs, code, tests, benches, notebooks and configuration."""
-    files = [README, *DOCS, ROOT / "run_daily.py", ROOT / "Makefile", ROOT / "pyproject.toml",
+    files = [README, *DOCS, *FOLDER_NOTES, ROOT / "run_daily.py", ROOT / "Makefile", ROOT / "pyproject.toml",
              ROOT / "environment.yml", ROOT / ".env.example", ROOT / ".ci" / "run"]
     for folder, pattern in (("clinic_lib", "**/*.py"), ("clinic_lib", "**/*.j2"), ("clinic_lib", "**/*.html"),
                             ("clinic_lib", "**/*.txt"), ("clinic_lib", "**/*.js"), ("clinic_lib", "**/*.css"),
