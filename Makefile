@@ -43,6 +43,11 @@ lab: $(STAMP)
 bench: $(STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# Regenerate what docs/ holds generated from the code: the check catalogue in docs/validation.md.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -m clinic_lib.checks docs/validation.md
+
 # Start the demo over: removes the demo database, data and outputs (never touches a DATABASE_URL).
 clean-demo:
 	rm -rf data/raw data/daily data/clinic.db data/clinic.db-wal data/clinic.db-shm data/demo.json outputs/runs outputs/model outputs/scores outputs/priorities outputs/outbox outputs/validation

@@ -1,6 +1,6 @@
 """The whole evening in one command: wall time of run_daily's chain, papermill included.
 
-Targets (issue 7): the full chain for one day at 1x <= 20 s (and how much of it is kernel start-up);
+Targets: the full chain for one day at 1x <= 20 s (and how much of it is kernel start-up);
 a 30-day backfill at 1x <= 3 min; the full chain at 20x <= 60 s.
     python bench/bench_chain.py [--scales 1,20]
 """

@@ -1,6 +1,6 @@
 """KPI dashboard speed on the demo clinic at --scale (20x = ~800k appointments, 160 physios).
 
-Targets (issue 6): first full render <= 5 s; a filter change <= 1 s.
+Targets: first full render <= 5 s; a filter change <= 1 s.
     python bench/bench_dashboard.py [--scale 20] [--repeat 3] [--no-browser] [--db-url URL]
     python bench/bench_dashboard.py --scale 1 --repeat 1 --screenshot docs/dashboard.png   # README image
 

@@ -1,6 +1,6 @@
 """Initial load and daily refresh speed on SQLite, at 1x and 20x.
 
-Targets (issue 2): refresh_day at 1x <= 0.2 s in-process, at 20x <= 1.3x its 1x time;
+Targets: refresh_day at 1x <= 0.2 s in-process, at 20x <= 1.3x its 1x time;
 initial load >= 200,000 appointment rows per second into SQLite.
     python bench/bench_refresh.py [--scales 1,20] [--load-repeat 3] [--refresh-repeat 21]
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_validate.py --rebuild  # rebuild the cached database
     .venv/bin/python bench/bench_validate.py --source synthetic   # skip the demo generator
 
-Targets (issue 3): database validation <= 1 s on SQLite; drop validation of one day <= 0.2 s.
+Targets: database validation <= 1 s on SQLite; drop validation of one day <= 0.2 s.
 The database comes from the demo generator (160 physios, 64,000 patients) when clinic_lib/demo.py
 exists, otherwise from a vectorised synthetic clinic of the same size. Prints a markdown table.
 """

@@ -401,7 +401,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         try:
             if not sqlite:
                 # so that psycopg sends no BEGIN and the pool no ROLLBACK: two round trips, half
-                # of a request's time on Postgres (bench_api.py: 1.8 ms -> 0.9 ms per checkout)
+                # of a request's time on Postgres (bench_api.py)
                 conn.driver_connection.autocommit = True
             cursor = conn.cursor()
             generation = cache.check(conn, cursor) if cache else None

@@ -2,8 +2,10 @@
 
 Severity ``error`` blocks (the drop must not be applied; ``clinic validate`` exits 1); ``warning``
 is reported and the chain goes on. Scope ``drop`` = checks of ``data/daily/D/`` against what the
-database holds; ``db`` = checks of the whole database. The README table is generated from here
-(``catalogue_markdown()``), so the documentation and the code cannot drift apart.
+database holds; ``db`` = checks of the whole database. The table in ``docs/validation.md`` is
+generated from here (``catalogue_markdown()``, written between its marker comments by ``make docs``,
+i.e. ``python -m clinic_lib.checks docs/validation.md``), and ``tests/test_docs.py`` compares the
+two, so the documentation and the code cannot drift apart.
 """
 from __future__ import annotations
 
@@ -73,8 +75,60 @@ def for_scope(scope: str) -> list[CheckDef]:
 
 
 def catalogue_markdown() -> str:
-    """The table of every check for the README."""
+    """The table of every check, as markdown (for docs/validation.md)."""
     lines = ["| check id | severity | runs on | meaning |", "|---|---|---|---|"]
     for d in CATALOGUE.values():
-        lines.append(f"| `{d.id}` | {d.severity} | {', '.join(d.scopes)} | {d.meaning} |")
+        meaning = d.meaning.replace("|", "\\|")  # a bar would end the cell
+        lines.append(f"| `{d.id}` | {d.severity} | {', '.join(d.scopes)} | {meaning} |")
     return "\n".join(lines)
+
+
+# The generated table sits between two marker lines of the document (HTML comments: invisible
+# when rendered); the start marker's line may carry a note after this prefix.
+CATALOGUE_START = "<!-- check-catalogue:start"
+CATALOGUE_END = "<!-- check-catalogue:end -->"
+
+
+def _marker_lines(lines: list[str]) -> tuple[int, int]:
+    """The indices of the start and the end marker line; ValueError unless one each, in order."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(CATALOGUE_START)]
+    ends = [i for i, line in enumerate(lines) if line.strip() == CATALOGUE_END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"expected one line starting with {CATALOGUE_START!r} followed by one line "
+                         f"{CATALOGUE_END!r}; found {len(starts)} start and {len(ends)} end marker(s)")
+    return starts[0], ends[0]
+
+
+def catalogue_in(text: str) -> str:
+    """What stands between the catalogue's marker lines of ``text`` (without the markers)."""
+    lines = text.splitlines()
+    start, end = _marker_lines(lines)
+    return "\n".join(lines[start + 1:end])
+
+
+def with_catalogue(text: str) -> str:
+    """``text`` with whatever stands between the catalogue's marker lines replaced by the table."""
+    lines = text.splitlines(keepends=True)
+    start, end = _marker_lines(lines)
+    return "".join(lines[:start + 1]) + catalogue_markdown() + "\n" + "".join(lines[end:])
+
+
+def write_catalogue(path) -> bool:
+    """Write the table into the document at ``path``; True if the file changed."""
+    from pathlib import Path
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    new = with_catalogue(old)
+    if new != old:
+        path.write_text(new, encoding="utf-8")
+    return new != old
+
+
+if __name__ == "__main__":
+    import sys
+    target = sys.argv[1] if len(sys.argv) > 1 else "docs/validation.md"
+    try:
+        changed = write_catalogue(target)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"python -m clinic_lib.checks: {target}: {exc}")
+    print(f"{target}: check catalogue {'updated' if changed else 'already up to date'}")

@@ -163,7 +163,7 @@ def cmd_refresh(a):
     return 0
 
 
-# --- reception: priorities / reminders / api (issue 5) ------------------------------------------
+# --- reception: priorities / reminders / api ----------------------------------------------------
 
 def _next_clinic_day():
     from .calendar import next_clinic_day

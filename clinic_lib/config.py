@@ -57,12 +57,12 @@ class Settings:
     data_dir: Path
     outputs_dir: Path
     clinic_name: str = "Clinic Ops Physiotherapy"
-    # Cancellation-risk model (issue 4)
+    # Cancellation-risk model
     late_cancel_hours: float = 24.0
     call_capacity: int = 10
     model_max_age_days: int = 7
     risk_thresholds: tuple[float, float] = (0.10, 0.25)  # low < t0 <= medium < t1 <= high
-    # Reception (issue 5)
+    # Reception
     api_token: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8008
@@ -72,10 +72,10 @@ class Settings:
     clinic_phone: str = "+49 30 000000"
     reminder_template: Path | None = None  # None: clinic_lib/templates/reminder.txt
     priority_weights: dict = field(default_factory=dict)
-    # Validation gate (issue 3)
-    payment_max_factor: float = 3.0  # more paid than this times the price is an error
+    # Validation gate
+    payment_max_factor: float = 3.0  # more paid than this times the price is flagged (a warning)
     phone_region: str = "DE"  # region for phone numbers written without +country
-    # Dashboard (issue 6)
+    # Dashboard
     dashboard_port: int = 8866
     # Reception's screen: sign-in sessions
     secret_key: str | None = None  # None: generated once into <data_dir>/secret_key

@@ -424,8 +424,8 @@ def plotly_bundle(figure_json: str) -> dict:
     """What plotly's ``plotly_mimetype`` renderer displays, built from ``fig.to_json()``.
 
     Not ``fig.show()``: its renderer module imports nbformat, hence jsonschema, whose format
-    checker compiles 38 lark grammars on import (rfc3987_syntax): 3-6 s of every page's first
-    render in a new kernel, while the figures themselves take ~0.1 s."""
+    checker compiles 38 lark grammars on import (rfc3987_syntax): most of every page's first
+    render in a new kernel, far more than the figures themselves."""
     import json
     return {PLOTLY_MIMETYPE: {**json.loads(figure_json), "config": CHART_CONFIG}}
 
@@ -634,7 +634,7 @@ def _voila_request_info(poll: float = 5.0, max_failures: int = 12) -> dict | Non
 
     Like ``voila.utils.wait_for_request`` but robust: each wait lasts ``poll`` seconds, then the
     socket is opened again. Voila keeps the request info of a kernel and sends it on every open,
-    so a message lost in a race (seen: a page waiting ~100 s) arrives with the next open."""
+    so a message lost in a race (a page left waiting) arrives with the next open."""
     import asyncio
     import json
     import threading
@@ -720,8 +720,8 @@ def voila_command(port: int | None = None, host: str = "127.0.0.1", notebook: Pa
     """The Voila command line: our template, no tracebacks, a cell timeout and kernel culling."""
     port = port or get_settings().dashboard_port
     # Preheating (on unless CLINIC_DASHBOARD_PREHEAT=0) takes the kernel's start, the imports and
-    # the queries that do not depend on the URL out of the page's first render (5.2 -> 3.3 s at
-    # 20x, bench/bench_dashboard.py); the waiting kernel holds ~200 MB.
+    # the queries that do not depend on the URL out of the page's first render
+    # (bench/bench_dashboard.py); the waiting kernel holds ~200 MB.
     preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "1").lower() not in ("0", "false", "no", "off")
     # Voila itself, with the fix of voila_server (a missed wake-up stalled every second page load).
     return [sys.executable, "-m", "clinic_lib.voila_server", str(notebook or NOTEBOOK),

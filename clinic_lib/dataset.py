@@ -53,8 +53,8 @@ ID_COLUMN = {"patients": "patient_id", "physios": "physio_id", "appointments": "
              "payments": "payment_id"}
 
 OFFSET_PATTERN = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
-# The forms almost every file holds, checked and converted in C by Arrow (the 20x demo's files
-# parse in 2.0 s instead of 4.5-5.0 s). A column with any other value, or any value Arrow refuses
+# The forms almost every file holds, checked and converted in C by Arrow (far faster than the
+# general way). A column with any other value, or any value Arrow refuses
 # (a 30th of February), goes the general way below, which reads the same values to the same
 # result and names the first bad one (tests/test_dataset.py).
 PLAIN_INSTANT = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)$"
@@ -109,7 +109,7 @@ def read_csv_text(path: Path) -> pd.DataFrame:
         raise DropError(name, f"is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}",
                         line=line) from None
     try:
-        # pyarrow's reader first: multi-threaded, 8-17x faster on the 20x demo's files, the same
+        # pyarrow's reader first: multi-threaded, many times faster on large files, the same
         # frame. It refuses any row with more or fewer fields than the header, so a file it
         # reads needs no ragged-row check; any file it refuses is read again below, where
         # pandas' own reader says which line is wrong.

@@ -407,7 +407,7 @@ def begin_bulk_write(engine: sa.Engine, check_foreign_keys: bool = False):
     journal instead of the WAL: the WAL writes every new page twice (to the log, then into the
     file at the checkpoint), a rollback journal only keeps the few pages that existed before, and
     a crash still rolls the whole transaction back (the "hot journal" is undone on the next open).
-    At 20x the commit takes 0.4-0.9 s instead of 2.0-2.4 s. Meanwhile other connections wait
+    The commit of a large load is much shorter that way. Meanwhile other connections wait
     for the load (busy timeout) instead of reading beside it.
     """
     if not is_sqlite(engine):

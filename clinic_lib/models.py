@@ -48,7 +48,7 @@ HGB_SETTINGS = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 15, "mi
                 "l2_regularization": 5.0}
 RISK_FLOOR = 0.001  # no appointment is certain to happen or to fail
 # OpenMP threads for the gradient boosting. On a small shared machine, spinning OpenMP workers make
-# HistGradientBoosting 10x slower than one thread; raise CLINIC_TRAIN_THREADS on a dedicated box.
+# HistGradientBoosting many times slower than one thread; raise CLINIC_TRAIN_THREADS on a dedicated box.
 TRAIN_THREADS = int(os.environ.get("CLINIC_TRAIN_THREADS") or 1)
 
 

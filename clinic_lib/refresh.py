@@ -98,8 +98,8 @@ def _rows_per_statement(conn, n_columns: int) -> int:
 
 
 def bulk_insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
-    """Insert the rows of ``frame``, many per statement: on SQLite half the time of one
-    statement per row (20x demo's appointments: 3.8 s -> 2.1 s)."""
+    """Insert the rows of ``frame``, many per statement: on SQLite about half the time of one
+    statement per row."""
     if frame.empty:
         return 0
     columns = db_columns(table)
@@ -276,16 +276,16 @@ def first_broken_rule(conn: sa.Connection) -> str | None:
     """The first row breaking a rule the bulk load does not check row by row, or None.
 
     Every foreign key of the database that points at the clinic's tables, and "a payment needs
-    a completed appointment": one anti-join each, 0.6-1 s for the 20x demo where the same
-    checks row by row cost 3-4 s.
+    a completed appointment": one anti-join each, a fraction of what the same checks cost row
+    by row.
     """
     for table in db.metadata.sorted_tables:
         key = next(iter(table.primary_key.columns))
         for fk in table.foreign_keys:
             if fk.column.table.name not in LOAD_ORDER:
                 continue
-            # the distinct values first (an index-only scan), then one probe each: for the
-            # appointments' 0.8M patient and physio ids, 0.06 s instead of 0.24-0.30 s
+            # the distinct values first (an index-only scan), then one probe each: far fewer
+            # probes than rows for the appointments' patient and physio ids
             values = sa.select(fk.parent.label("value")).where(fk.parent.is_not(None)).distinct().subquery()
             missing = conn.execute(sa.select(values.c.value).where(
                 ~sa.exists().where(fk.column == values.c.value)).limit(1)).first()

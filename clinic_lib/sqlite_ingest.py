@@ -1,10 +1,10 @@
 """Many rows into a SQLite file fast: through scratch files written by ADBC, then one copy each.
 
-Python's ``sqlite3`` binds every value of every row through the interpreter: for the 20x demo's
-initial load (1.45M rows, ~15M values) turning frames into tuples and binding them took 3.1-3.2 s
-of the load's 7.4-7.6 s. The ADBC SQLite driver (Apache Arrow's database connectivity) binds
-Arrow columns in C: the same rows go into scratch files in 1.0-1.2 s, on a second thread while
-SQLite copies the previous table in with ``INSERT ... SELECT``; 2.0 s in all.
+Python's ``sqlite3`` binds every value of every row through the interpreter: for a large
+initial load (millions of values) turning frames into tuples and binding them is the largest
+part of the load after SQLite's own work. The ADBC SQLite driver (Apache Arrow's database
+connectivity) binds Arrow columns in C: the same rows go into scratch files on a second thread
+while SQLite copies the previous table in with ``INSERT ... SELECT``.
 
 The copies run on the caller's connection, inside the caller's transaction (``db.begin_bulk_write``),
 so the load is still one transaction with the schema's CHECKs; the scratch files are only ever

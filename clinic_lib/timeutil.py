@@ -84,8 +84,8 @@ def utc_text_array(utc: pd.Series) -> pa.Array:
     instants are whole seconds."""
     # Each value's 25 bytes are copied from two tables, its day (one row per day of the span, or
     # per day present if that is fewer) and its second of the day: no per-value formatting or
-    # Python string. 3x faster than building Python strings for the 20x demo's 0.8M
-    # appointments, and the initial load hands the Arrow array to SQLite as it is.
+    # Python string, faster than building Python strings for a large load's appointments, and
+    # the initial load hands the Arrow array to SQLite as it is.
     seconds = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
     missing = np.isnat(seconds)
     whole = np.where(missing, 0, seconds.astype(np.int64))

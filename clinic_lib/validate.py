@@ -372,7 +372,7 @@ def phone_possible(number: str, region: str) -> bool:
 
 def _db_contacts(conn, out: Report) -> None:
     """patient.phone_invalid / patient.email_invalid over the whole table (vectorised, see phone_ok;
-    grouping the shapes in SQL was measured slower than pandas)."""
+    grouping the shapes in SQL is slower than in pandas)."""
     cursor = conn.connection.cursor()  # the DB-API cursor: plain tuples, no Row objects for 60k rows
     try:
         cursor.execute("SELECT patient_id, phone, email FROM patients WHERE phone IS NOT NULL OR email IS NOT NULL")
@@ -451,8 +451,7 @@ SPEC = {
 def _plain_columns(text: str):
     """The usual export (nothing quoted, no blank line, every row as long as the header) read by
     Arrow's CSV reader: (header, 1, one Arrow array per header field, the data rows' lines), or
-    None for any other file, which ``_csv_records`` reads record by record (the 20x drop's four
-    files: ~8 ms instead of ~45 ms)."""
+    None for any other file, which ``_csv_records`` reads record by record (slower)."""
     import pyarrow.csv as pacsv
 
     if '"' in text or "\x00" in text:
@@ -1047,8 +1046,8 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
     if have_appts:
         # Each drop appointment against the drop's others and against the database's that start on
         # its previous, same or next local date (one range probe of the database's per-day index
-        # per appointment: at 20x both checks take 25 ms, where copying the database's rows of
-        # those dates into a temporary table, indexing and probing it took 110-120 ms). The
+        # per appointment: less work than copying the database's rows of those dates into a
+        # temporary table, indexing and probing it). The
         # database's rows that the refresh replaces (day D's, and those in the drop) are left out.
         active = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"
         day_start, day_end = _instant_param(conn, "day_start"), _instant_param(conn, "day_end")

@@ -4,7 +4,7 @@ One fix before Voila runs. Voila executes the dashboard notebook through jupyter
 channels, which wait for a kernel's reply with one ``socket.poll(timeout)``. Here (pyzmq 26 and 27,
 jupyter_client 8.6 and 8.10, ipykernel 6.31 and 7.4) that poll sometimes missed its wake-up: the
 cell's reply sat in the socket (``zmq.EVENTS`` said POLLIN) while Voila waited the whole cell
-timeout, so every second page load took 120 s (voila-dashboards/voila#1446 describes the same).
+timeout, on every second page load (voila-dashboards/voila#1446 describes the same).
 Polling in short slices asks the socket again each time, so a missed wake-up costs at most
 ``POLL_SLICE_SECONDS``. tests/test_dashboard_browser.py loads the page three times in a row.
 """

@@ -1,7 +1,7 @@
 """The initial load (``clinic load``): all of data/raw in one transaction, or nothing.
 
 On SQLite the load checks foreign keys and the payment rule once for all rows instead of row by
-row (issue 2's speed target); these tests pin that the rules hold all the same and that the
+row (for speed); these tests pin that the rules hold all the same and that the
 database's own per-row guards are back after the load, whether it worked or not.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Writes the bad-drop corpus of the validation gate (issue 3): run it to regenerate the folders.
+"""Writes the bad-drop corpus of the validation gate: run it to regenerate the folders.
 
     .venv/bin/python tests/bad_drops/make_corpus.py
 
