@@ -10,9 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from .errors import CannotRun
 
@@ -63,6 +60,8 @@ def utc_now_text() -> str:
 def day_texts(days: np.ndarray) -> np.ndarray:
     """'YYYY-MM-DD' (object array) for integer days since 1970-01-01: each distinct day is
     formatted once, because a column of 0.8M instants covers only a few hundred days."""
+    import numpy as np
+    import pandas as pd
     codes, unique = pd.factorize(days)
     return np.datetime_as_string(unique.astype("datetime64[D]"), unit="D").astype(object)[codes]
 
@@ -72,6 +71,7 @@ _CLOCK_UTC: np.ndarray | None = None
 
 def _clock_bytes_utc() -> np.ndarray:
     """b'THH:MM:SS+00:00' for each second of a day as rows of a (86400, 15) byte table, built once."""
+    import numpy as np
     global _CLOCK_UTC
     if _CLOCK_UTC is None:
         text = "".join(f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}+00:00" for s in range(86400))
@@ -86,6 +86,8 @@ def utc_text_array(utc: pd.Series) -> pa.Array:
     # per day present if that is fewer) and its second of the day: no per-value formatting or
     # Python string, faster than building Python strings for a large load's appointments, and
     # the initial load hands the Arrow array to SQLite as it is.
+    import numpy as np
+    import pyarrow as pa
     seconds = utc.dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
     missing = np.isnat(seconds)
     whole = np.where(missing, 0, seconds.astype(np.int64))
@@ -112,11 +114,14 @@ def utc_text_array(utc: pd.Series) -> pa.Array:
 
 def series_to_utc_text(utc: pd.Series) -> pd.Series:
     """A tz-aware UTC datetime Series -> stored text (NaT -> None); instants are whole seconds."""
+    import pandas as pd
     return pd.Series(utc_text_array(utc).to_numpy(zero_copy_only=False), index=utc.index, dtype=object)
 
 
 def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
     """Clinic-local calendar date (``YYYY-MM-DD`` text) of UTC instants (NaT -> None)."""
+    import numpy as np
+    import pandas as pd
     local = utc.dt.tz_convert(tz).dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
     missing = np.isnat(local)
     text = day_texts(np.where(missing, 0, local.astype(np.int64)))
@@ -126,4 +131,5 @@ def series_local_date(utc: pd.Series, tz: ZoneInfo) -> pd.Series:
 
 def read_instants(values: pd.Series) -> pd.Series:
     """Stored instants (text or timestamptz) -> tz-aware UTC Series."""
+    import pandas as pd
     return pd.to_datetime(values, utc=True, format="ISO8601")
