@@ -24,12 +24,15 @@ demo: $(STAMP)
 	$(BIN)/python run_daily.py --from $$($(BIN)/clinic demo-day --first) --to $$($(BIN)/clinic demo-day)
 	@$(BIN)/clinic where
 
+# Tests run in parallel (pytest-xdist), one worker per core unless TEST_WORKERS says otherwise; the
+# tests of a module that shares an expensive fixture (a demo clinic, a server) stay on one worker.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Everything but the slow end-to-end tests (those marked slow).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 dashboard: $(STAMP)
 	$(BIN)/clinic dashboard

@@ -25,7 +25,8 @@ from clinic_lib import dashboard, db, kpis
 from clinic_lib.config import get_settings
 from clinic_lib.migrate import migrate
 
-pytestmark = pytest.mark.browser
+# one worker runs this module: its server and browser are built once for all its tests
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_dashboard_browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

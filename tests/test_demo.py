@@ -18,6 +18,9 @@ from clinic_lib import db, refresh
 from clinic_lib.dataset import COLUMNS, read_csv_text
 from clinic_lib.demo import build_world, generate_demo
 
+# one worker runs this module: its demo clinics are built once for all its tests
+pytestmark = pytest.mark.xdist_group("test_demo")
+
 TODAY = dt.date(2026, 4, 2)  # Thursday; the drops cross the DST change of Sunday 2026-03-29
 DROP_DAYS = 14
 SMALL = dict(physios=3, patients=200, days_history=120, days_ahead=21, drop_days=DROP_DAYS)

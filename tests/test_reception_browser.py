@@ -25,7 +25,8 @@ from clinic_lib.config import get_settings
 from clinic_lib.priorities import build_priorities
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
-pytestmark = pytest.mark.browser
+# one worker runs this module: its server and browser are built once for all its tests
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_reception_browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
