@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from clinic_lib import db, features as F, predict as P, train as T
 from clinic_lib.cli import main as cli_main
 from clinic_lib.errors import CannotRun
+from synthetic import load_synthetic
 
 TZ = ZoneInfo("Europe/Berlin")
 END = dt.date(2026, 3, 20)  # days from END on hold booked appointments only
@@ -24,7 +25,7 @@ def trained(clinic_env, db_url):
     from clinic_lib.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
-    F.load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
+    load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
     result = T.train(as_of=AS_OF, valid_days=21, model="logreg", engine=engine)
     yield engine, result
     engine.dispose()
