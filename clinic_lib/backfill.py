@@ -7,7 +7,9 @@ monitoring of the days whose outcomes just arrived, a retrain when the retrain r
 (the model's age counted in clinic days: days of data it has not seen), and the next clinic day's
 scores and call list, made with only what was known that evening. So a catch-up leaves the record a
 nightly run would have left, and the monitoring judges the model on every day of it. Reminders are
-not replayed: they are emails to patients, and those days have passed.
+not replayed: they are emails to patients, and those days have passed. An evening is replayed only
+while no later day's drop is in the database (a range run again keeps the scores and lists its first
+run made): after that, the database no longer holds what that evening knew.
 """
 from __future__ import annotations
 
@@ -32,12 +34,19 @@ def replay_evening(day, engine: sa.Engine) -> dict:
     clinic day's scores and call list (see the module doc). Returns what was done."""
     from .calendar import next_clinic_day
     from .evaluate import NotEnoughData
-    from .monitoring import retrain_decision, update_monitoring
+    from .monitoring import latest_drop_day, retrain_decision, update_monitoring
     from .predict import model_path, score_day
     from .priorities import build_priorities
     from .train import train
     day = parse_day(day)
     update_monitoring(day, engine)
+    with engine.connect() as conn:
+        latest = latest_drop_day(conn)
+    if latest and latest > day.isoformat():
+        # A later day's drop is in already (a catch-up run again): the database is no longer what
+        # this evening knew, so its scores and list stay as they were made.
+        return {"retrained": "", "retrain_reason": "", "scored_day": "", "scored": 0, "listed": 0,
+                "evening": f"kept: the drop of {latest} is applied already"}
     decision = retrain_decision(day, engine, age_in_clinic_days=True)
     trained = ""
     if decision.retrain:
@@ -51,7 +60,7 @@ def replay_evening(day, engine: sa.Engine) -> dict:
         scored = len(score_day(target, engine).scores)
     listed = len(build_priorities(target, engine).frame)
     return {"retrained": trained, "retrain_reason": str(decision.reason or ""), "scored_day": str(target),
-            "scored": scored, "listed": listed}
+            "scored": scored, "listed": listed, "evening": "replayed"}
 
 
 def validate_and_refresh(days, engine: sa.Engine, on_day: Callable[[dict], None] | None = None,
