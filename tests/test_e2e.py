@@ -173,6 +173,12 @@ def test_fresh_clone_make_demo(tmp_path):
     assert (clone / "outputs" / "model" / "metrics.json").exists()
     assert list((clone / "outputs" / "outbox").rglob("*.eml"))
     assert "make dashboard" in out.stdout and "priorities" in out.stdout
+    # the catch-up replayed the evenings of the demo's drops: the model is judged on each of them
+    import sqlite3
+    with sqlite3.connect(clone / "data" / "clinic.db") as conn:
+        judged = conn.execute("SELECT count(*), min(day), sum(n_outcome) FROM model_monitoring").fetchone()
+    demo = json.loads((clone / "data" / "demo.json").read_text())
+    assert judged[0] >= 10 and judged[1] > demo["first_drop"] and judged[2] > 500
 
 
 def _day_text(value) -> str:
