@@ -49,7 +49,7 @@ bench: $(STAMP)
 # Regenerate what docs/ holds generated from the code: the check catalogue in docs/validation.md.
 .PHONY: docs
 docs: $(STAMP)
-	$(BIN)/python -m clinic_lib.checks docs/validation.md
+	$(BIN)/python -m clinic_lib.validation.checks docs/validation.md
 
 # Start the demo over: removes the demo database, data and outputs (never touches a DATABASE_URL).
 clean-demo:

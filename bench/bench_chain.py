@@ -27,7 +27,7 @@ def use_outputs(folder: Path, url: str, data: Path) -> None:
 def kernel_start_seconds(repeat: int = 3) -> float:
     """papermill on a one-cell notebook: what each step pays before its own work."""
     import nbformat
-    from clinic_lib.runner import execute_notebook
+    from clinic_lib.pipeline.runner import execute_notebook
     with tempfile.TemporaryDirectory() as tmp:
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -46,7 +46,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", default="1,20")
     scales = [int(s) for s in parser.parse_args().scales.split(",")]
-    from clinic_lib import runner
+    from clinic_lib.pipeline import runner
     rows = []
     kernel = kernel_start_seconds()
     for scale in scales:

@@ -94,7 +94,7 @@ def _free_port() -> int:
 def in_browser(url: str, repeat: int, settle: float = 30.0, screenshot: Path | None = None) -> list[tuple]:
     from playwright.sync_api import sync_playwright
 
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     port = _free_port()
     env = dashboard.voila_env(dict(os.environ, DATABASE_URL=url))
     log = open(Path("/tmp") / f"bench-dashboard-{port}.log", "w")
@@ -183,7 +183,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     os.environ.setdefault("CLINIC_TZ", "Europe/Berlin")
     url = a.db_url or loaded_sqlite(a.scale, name="dashboard")[0]
-    from clinic_lib import db
+    from clinic_lib.core import db
     engine = db.make_engine(url)
     with engine.connect() as conn:
         n = conn.exec_driver_sql("SELECT COUNT(*) FROM appointments").scalar()

@@ -71,8 +71,9 @@ def _f(v, digits=3):
 
 def rolling_report(name: str, engine, last_day: str, origins: list[str], k: int):
     """The rolling-origin table of the candidates and both baselines; the rule's choice."""
-    from clinic_lib import evaluate as E, models as M
-    from clinic_lib.train import training_table
+    from clinic_lib.modeling import evaluate as E
+    from clinic_lib.modeling import models as M
+    from clinic_lib.modeling.train import training_table
     t = time.perf_counter()
     table = training_table(engine, dt.date.fromisoformat(last_day))
     ro = E.rolling_origin(table, origins, HORIZON_DAYS, list(M.CANDIDATES) + list(M.BASELINES), last_day=last_day)
@@ -112,7 +113,7 @@ def rolling_report(name: str, engine, last_day: str, origins: list[str], k: int)
 
 def settings_report(name: str, table, last_day: str, origins: list[str]):
     """Mean rolling-origin ROC AUC of the gradient boosting and the blend for each setting."""
-    from clinic_lib import evaluate as E
+    from clinic_lib.modeling import evaluate as E
     print(f"\n{name}, gradient-boosting settings (mean rolling-origin ROC AUC, all / booked before):\n")
     print("| settings | hgb | blend |\n|---|---|---|")
     for label, settings in SETTINGS_GRID.items():
@@ -123,8 +124,8 @@ def settings_report(name: str, table, last_day: str, origins: list[str]):
 
 def train_report(name: str, engine, as_of: str):
     """train(as_of): what ships, its holdout figures, the refit's range, calibration and ties."""
-    from clinic_lib import evaluate as E
-    from clinic_lib.train import train
+    from clinic_lib.modeling import evaluate as E
+    from clinic_lib.modeling.train import train
     r = train(as_of=as_of, valid_days=28, engine=engine)
     h, d, c = r.metrics["holdout"], r.metrics["deployed"], r.metrics["calibration"]
     before, same = h["booked_before_evening"], h["same_day"]
@@ -154,8 +155,8 @@ def train_report(name: str, engine, as_of: str):
 # --- the datasets -------------------------------------------------------------------------------------
 
 def bench_real(tmp: Path, k: int, settings: bool):
-    from clinic_lib import db
-    from clinic_lib.noshow import import_noshow
+    from clinic_lib.core import db
+    from clinic_lib.ingest.noshow import import_noshow
     print("real file:", REAL, flush=True)
     url = f"sqlite:///{tmp / 'real.db'}"
     _env(tmp, "America/Sao_Paulo", url)
@@ -171,10 +172,10 @@ def bench_real(tmp: Path, k: int, settings: bool):
 
 
 def _demo_db(tmp: Path, scale: int) -> str:
-    from clinic_lib import db
-    from clinic_lib.demo import generate_demo
-    from clinic_lib.migrate import migrate
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.core import db
+    from clinic_lib.ingest.demo import generate_demo
+    from clinic_lib.core.migrate import migrate
+    from clinic_lib.ingest.refresh import load_raw
     url = f"sqlite:///{tmp / f'demo{scale}.db'}"
     _env(tmp, "Europe/Berlin", url)
     t = time.perf_counter()
@@ -191,8 +192,8 @@ def _demo_db(tmp: Path, scale: int) -> str:
 def scoring_report(name: str, engine, target: bool, repeat: int = 5):
     """Scoring TODAY against reading its rows and its patients' history, interleaved, medians
     (``target``: the 3x bound applies; a small day's scoring is mostly fixed costs)."""
-    from clinic_lib.config import get_settings
-    from clinic_lib.predict import load_model, read_day, score_day
+    from clinic_lib.core.config import get_settings
+    from clinic_lib.modeling.predict import load_model, read_day, score_day
     settings = get_settings()
     load_model()
     score_day(TODAY, engine=engine)  # warm: the model is loaded once per process
@@ -212,7 +213,7 @@ def scoring_report(name: str, engine, target: bool, repeat: int = 5):
 
 
 def bench_demo1(tmp: Path, k: int, settings: bool):
-    from clinic_lib import db
+    from clinic_lib.core import db
     url = _demo_db(tmp, 1)
     engine = db.make_engine(url)
     last_day = (TODAY - dt.timedelta(days=1)).isoformat()
@@ -227,7 +228,7 @@ CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, {code!r})
 t = time.perf_counter()
-from clinic_lib.train import train
+from clinic_lib.modeling.train import train
 r = train(as_of={as_of!r}, valid_days=28, model="auto")
 out = {{"seconds": time.perf_counter() - t, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "kind": r.kind, "model_path": str(r.model_path)}}
@@ -261,7 +262,7 @@ def _reference_code(tmp: Path, ref: str) -> Path | None:
 
 
 def bench_demo20(tmp: Path, reference: str | None):
-    from clinic_lib import db
+    from clinic_lib.core import db
     import sqlalchemy as sa
     url = _demo_db(tmp, 20)
     with db.make_engine(url).connect() as conn:
@@ -313,7 +314,7 @@ def main():
     sum(range(10**7))
     print(f"machine: {os.cpu_count()} CPUs, sum(range(10**7)) {time.perf_counter() - t:.3f} s, "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    from clinic_lib.config import get_settings
+    from clinic_lib.core.config import get_settings
     k = get_settings().call_capacity
     with tempfile.TemporaryDirectory(prefix="bench_model_") as d:
         tmp = Path(d)

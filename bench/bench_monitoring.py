@@ -65,13 +65,13 @@ def main() -> int:
     outputs.mkdir(parents=True)
     os.environ.update({"DATABASE_URL": url, "CLINIC_OUTPUTS_DIR": str(outputs), "CLINIC_DATA_DIR": str(data),
                        "CLINIC_TZ": "Europe/Berlin"})
-    from clinic_lib import db
-    from clinic_lib.calendar import next_clinic_day
-    from clinic_lib.monitoring import (LOOKBACK_DAYS, retrain_decision, rolling_figures, update_monitoring)
-    from clinic_lib.predict import score_day
-    from clinic_lib.priorities import build_priorities
-    from clinic_lib.refresh import refresh_day
-    from clinic_lib.train import train
+    from clinic_lib.core import db
+    from clinic_lib.core.clinic_days import next_clinic_day
+    from clinic_lib.modeling.monitoring import (LOOKBACK_DAYS, retrain_decision, rolling_figures, update_monitoring)
+    from clinic_lib.modeling.predict import score_day
+    from clinic_lib.reception.priorities import build_priorities
+    from clinic_lib.ingest.refresh import refresh_day
+    from clinic_lib.modeling.train import train
 
     engine = db.make_engine(url)
     drops = sorted(p.name for p in (data / "daily").iterdir())
@@ -114,7 +114,7 @@ def main() -> int:
           f"sum(range(10**7)) {loop:.2f} s")
 
     if not args.no_chain:
-        from clinic_lib import runner
+        from clinic_lib.pipeline import runner
         day = drops[args.evenings]
         t0 = time.perf_counter()
         result = runner.run_day(day, quiet=True)

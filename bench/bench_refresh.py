@@ -33,8 +33,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.schema import CreateIndex  # noqa: E402
 
 from clinic_lib import db  # noqa: E402
-from clinic_lib.migrate import SQLITE_PAYMENT_INSERT_TRIGGER  # noqa: E402
-from clinic_lib.refresh import LOAD_ORDER, load_raw, refresh_day  # noqa: E402
+from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER  # noqa: E402
+from clinic_lib.ingest.refresh import LOAD_ORDER, load_raw, refresh_day  # noqa: E402
 
 
 def sqlite_alone(source: Path) -> float:

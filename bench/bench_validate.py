@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_validate.py --source synthetic   # skip the demo generator
 
 Targets: database validation <= 1 s on SQLite; drop validation of one day <= 0.2 s.
-The database comes from the demo generator (160 physios, 64,000 patients) when clinic_lib/demo.py
+The database comes from the demo generator (160 physios, 64,000 patients) when clinic_lib/ingest/demo.py
 exists, otherwise from a vectorised synthetic clinic of the same size. Prints a markdown table.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ TODAY = dt.date(2026, 11, 24)
 
 def _synthetic(folder: Path, physios=160, patients=64000, days_history=730, days_ahead=21, seed=7):
     """Write data/raw and one drop (TODAY) in the dataset format, vectorised (no Python row loops)."""
-    from clinic_lib.dataset import write_csv
+    from clinic_lib.ingest.drop_format import write_csv
     rng = np.random.default_rng(seed)
     tz = "Europe/Berlin"
     raw, drop = folder / "raw", folder / "daily" / TODAY.isoformat()
@@ -89,11 +89,11 @@ def _synthetic(folder: Path, physios=160, patients=64000, days_history=730, days
 
 def build(rebuild: bool, source: str) -> tuple[Path, Path]:
     """The cached 20x database (SQLite file) and the drop folder of TODAY."""
-    from clinic_lib import db
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.core import db
+    from clinic_lib.ingest.refresh import load_raw
     dbfile, data = CACHE / "clinic.db", CACHE / "data"
     if dbfile.exists() and not rebuild:
-        from clinic_lib.migrate import migrate
+        from clinic_lib.core.migrate import migrate
         engine = db.make_engine(f"sqlite:///{dbfile}")
         if migrate(engine):  # a cache built before the latest migration: bring it up to date
             with engine.connect() as conn:
@@ -105,7 +105,7 @@ def build(rebuild: bool, source: str) -> tuple[Path, Path]:
     data.mkdir(parents=True)
     t0 = time.perf_counter()
     if source == "demo":
-        from clinic_lib.demo import generate_demo
+        from clinic_lib.ingest.demo import generate_demo
         generate_demo(data, seed=7, today=TODAY, physios=160, patients=64000, days_history=730, days_ahead=21,
                       drop_days=1)
     else:
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     os.environ["CLINIC_DATA_DIR"] = str(data)
     os.environ["CLINIC_OUTPUTS_DIR"] = str(CACHE / "outputs")
     os.environ["DATABASE_URL"] = f"sqlite:///{dbfile}"
-    from clinic_lib import db, validate
+    from clinic_lib.core import db
+    from clinic_lib import validate
     engine = db.make_engine(f"sqlite:///{dbfile}")
     with engine.connect() as conn:
         n_appt = conn.exec_driver_sql("SELECT count(*) FROM appointments").scalar()

@@ -17,7 +17,7 @@ def demo_data(scale: int, drop_days: int = 31, history_scale: int = 1) -> Path:
     ``history_scale`` lengthens the history instead (same clinic, same daily volume, 20 x 2 years),
     which is what "a day's refresh must not grow with history" is about.
     """
-    from clinic_lib.demo import generate_demo
+    from clinic_lib.ingest.demo import generate_demo
     folder = CACHE / f"data-{scale}x-h{history_scale}-v2"
     if not (folder / "raw" / "appointments.csv").exists():
         shutil.rmtree(folder, ignore_errors=True)
@@ -28,9 +28,9 @@ def demo_data(scale: int, drop_days: int = 31, history_scale: int = 1) -> Path:
 
 def loaded_sqlite(scale: int, name: str = "clinic", history_scale: int = 1) -> tuple[str, Path]:
     """A SQLite copy of the demo at ``scale`` after the initial load (copied fresh each call)."""
-    from clinic_lib import db
-    from clinic_lib.migrate import CURRENT_VERSION
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.core import db
+    from clinic_lib.core.migrate import CURRENT_VERSION
+    from clinic_lib.ingest.refresh import load_raw
     data = demo_data(scale, history_scale=history_scale)
     master = CACHE / f"loaded-{scale}x-h{history_scale}-schema{CURRENT_VERSION}.db"  # new schema: new load
     if not master.exists():
@@ -53,8 +53,8 @@ def remove_sqlite(path: Path) -> None:
 
 def empty_sqlite(path: Path):
     """An engine on a new, empty SQLite database of the current schema at ``path``."""
-    from clinic_lib import db
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core import db
+    from clinic_lib.core.migrate import migrate
     remove_sqlite(path)
     engine = db.make_engine(f"sqlite:///{path}")
     migrate(engine)

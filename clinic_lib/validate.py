@@ -38,13 +38,13 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from . import db
-from .checks import CATALOGUE, DB, DROP, ERROR, for_scope
-from .config import get_settings
-from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
-from .refresh import VERSIONED_TABLES, newer_in_database
-from .errors import CannotRun, UserError
-from .timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
+from clinic_lib.core import db
+from clinic_lib.validation.checks import CATALOGUE, DB, DROP, ERROR, for_scope
+from clinic_lib.core.config import get_settings
+from clinic_lib.ingest.drop_format import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
+from clinic_lib.ingest.refresh import VERSIONED_TABLES, newer_in_database
+from clinic_lib.core.errors import CannotRun, UserError
+from clinic_lib.core.timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
 
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES

@@ -1,5 +1,5 @@
 """Small synthetic clinics for the model's tests: frames in the database's form with planted
-effects on the failure risk (the demo generator, clinic_lib/demo.py, is the realistic one)."""
+effects on the failure risk (the demo generator, clinic_lib/ingest/demo.py, is the realistic one)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from clinic_lib import db
-from clinic_lib.features import with_all_columns
-from clinic_lib.refresh import bulk_insert
-from clinic_lib.timeutil import series_local_date, series_to_utc_text
+from clinic_lib.core import db
+from clinic_lib.modeling.features import with_all_columns
+from clinic_lib.ingest.refresh import bulk_insert
+from clinic_lib.core.timeutil import series_local_date, series_to_utc_text
 
 
 def synthetic_frames(seed: int = 0, patients: int = 300, days: int = 120, end: dt.date | None = None,

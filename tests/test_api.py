@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings as hsettings
 from schemathesis import GenerationMode
 
-from clinic_lib import db
-from clinic_lib.api import check_bind, create_app, create_server, openapi_spec
-from clinic_lib.config import get_settings
-from clinic_lib.errors import CannotRun
-from clinic_lib.priorities import build_priorities
+from clinic_lib.core import db
+from clinic_lib.reception.api import check_bind, create_app, create_server, openapi_spec
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.errors import CannotRun
+from clinic_lib.reception.priorities import build_priorities
 from reception_data import DAY, add_model_scores, load_clinic
 
 TOKEN = "test-token-0123456789"
@@ -173,7 +173,7 @@ def test_list_cache_never_serves_stale_data(app, client, engine, db_url):
 def test_offset_transitions():
     import datetime as dt
     from zoneinfo import ZoneInfo
-    from clinic_lib.api import offset_transitions
+    from clinic_lib.reception.api import offset_transitions
     changes, offsets = offset_transitions(ZoneInfo("Europe/Berlin"), dt.date(2026, 6, 1))
     utc = dt.timezone.utc
     assert dt.datetime(2026, 3, 29, 1, 0, tzinfo=utc) in changes

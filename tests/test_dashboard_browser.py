@@ -3,7 +3,7 @@
 Starts the real server on a free port over the hand-made clinic of tests/kpi_fixture.py (once with
 DATABASE_URL on a SQLite file, once on a fresh Postgres database: conftest's db_url), opens
 ``/?day=2026-03-29&as_of=2026-04-30``, waits for the widgets and the six charts, compares every
-card with what clinic_lib.kpis computes, changes the physio filter and the range and compares
+card with what clinic_lib.dashboard.kpis computes, changes the physio filter and the range and compares
 again, checks the page never shows Voila's "There was an error", records every request (all must
 go to 127.0.0.1) and saves a screenshot in the outputs folder. A second server on a missing
 database must show a friendly message.
@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 import kpi_fixture as fx
-from clinic_lib import dashboard, db, kpis
-from clinic_lib.config import get_settings
-from clinic_lib.migrate import migrate
+from clinic_lib.dashboard import page as dashboard
+from clinic_lib.core import db
+from clinic_lib.dashboard import kpis
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.migrate import migrate
 
 # one worker runs this module: its server and browser are built once for all its tests
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_dashboard_browser")]
@@ -92,7 +94,7 @@ def clinic_db(tmp_path, db_url):
     engine = db.make_engine(db_url)
     migrate(engine)
     fx.load(engine)
-    from clinic_lib.refresh import log_etl_run
+    from clinic_lib.ingest.refresh import log_etl_run
     log_etl_run(engine, "refresh", DAY, "2026-03-29T20:00:00+00:00", "ok", 10, 10)
     yield tmp_path, db_url, engine
     engine.dispose()  # before conftest drops the Postgres database
@@ -234,11 +236,11 @@ def test_every_visitor_is_served_without_a_stall(tmp_path, monkeypatch, preheat)
     """Three page loads in a row on a demo clinic (1x, one year), each well within Voila's 120 s
     cell timeout, with Voila's preheated kernels (the default) and without. Under plain
     ``python -m voila`` the second load waited the whole 120 s for a cell reply that was already
-    in the socket (a missed wake-up; clinic_lib/voila_server.py)."""
+    in the socket (a missed wake-up; clinic_lib/dashboard/server.py)."""
     import datetime as dt
 
-    from clinic_lib.demo import generate_demo
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.ingest.demo import generate_demo
+    from clinic_lib.ingest.refresh import load_raw
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     today = dt.date(2026, 11, 24)
     generate_demo(tmp_path / "demo", seed=3, today=today, days_history=365, drop_days=0)

@@ -3,8 +3,8 @@
 - README.md has at most 350 lines: detail goes to docs/<subject>.md;
 - every relative link (and #anchor) in README.md and docs/*.md points at a file (and heading)
   that exists;
-- the check catalogue in docs/validation.md is what clinic_lib/checks.py renders now, and the
-  renderer (``python -m clinic_lib.checks``, ``make docs``) rewrites only what is between its
+- the check catalogue in docs/validation.md is what clinic_lib/validation/checks.py renders now, and the
+  renderer (``python -m clinic_lib.validation.checks``, ``make docs``) rewrites only what is between its
   markers;
 - no "issue N" tag and no dated history ("the machine of 2026-12-01", "the fourth session") in the
   README, docs/, the code, the tests, the benches, the notebooks or the configuration files, and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from clinic_lib import checks
+from clinic_lib.validation import checks
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -166,7 +166,7 @@ VALIDATION_DOC = ROOT / "docs" / "validation.md"
 def test_the_check_catalogue_in_the_docs_is_what_checks_py_renders():
     in_docs = checks.catalogue_in(VALIDATION_DOC.read_text(encoding="utf-8"))
     assert in_docs == checks.catalogue_markdown(), (
-        "docs/validation.md's check catalogue differs from clinic_lib/checks.py: run `make docs`")
+        "docs/validation.md's check catalogue differs from clinic_lib/validation/checks.py: run `make docs`")
 
 
 def test_the_catalogue_has_a_row_per_check_in_catalogue_order():
@@ -182,12 +182,12 @@ def test_writing_the_catalogue_replaces_only_what_is_between_the_markers(tmp_pat
     before = "# Checks\n\nIntro.\n\n<!-- check-catalogue:start (generated) -->\n"
     after = "<!-- check-catalogue:end -->\n\n## After\n\nText.\n"
     doc.write_text(before + "| stale | table |\n| old row |\n" + after)
-    run = subprocess.run([sys.executable, "-m", "clinic_lib.checks", str(doc)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "clinic_lib.validation.checks", str(doc)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "updated" in run.stdout
     assert doc.read_text() == before + checks.catalogue_markdown() + "\n" + after
-    again = subprocess.run([sys.executable, "-m", "clinic_lib.checks", str(doc)], cwd=ROOT,
+    again = subprocess.run([sys.executable, "-m", "clinic_lib.validation.checks", str(doc)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert "already up to date" in again.stdout
     assert doc.read_text() == before + checks.catalogue_markdown() + "\n" + after
@@ -203,7 +203,7 @@ def test_a_document_without_one_pair_of_markers_is_refused_and_left_alone(tmp_pa
     doc.write_text(text)
     with pytest.raises(ValueError, match="check-catalogue"):
         checks.with_catalogue(text)
-    run = subprocess.run([sys.executable, "-m", "clinic_lib.checks", str(doc)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "clinic_lib.validation.checks", str(doc)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "marker" in run.stderr
     assert doc.read_text() == text

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.config import PROJECT_ROOT
+from clinic_lib.core import db
+from clinic_lib.core.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_full_chain_for_one_day_leaves_every_output(demo_env):
     assert 0.5 < metrics["holdout"]["booked_before_evening"]["roc_auc"] <= 1
     assert metrics["deployed"]["train_end"] == str(TODAY)  # the saved model learned up to the run day
     # and the API serves that list from the database
-    from clinic_lib.api import create_app
+    from clinic_lib.reception.api import create_app
     os.environ.update({k: demo_env[k] for k in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR")})
     try:
         os.environ["CLINIC_API_TOKEN"] = "t" * 32

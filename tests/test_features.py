@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinic_lib import features as F
+from clinic_lib.modeling import features as F
 from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, sqlite_ingest
-from clinic_lib.dataset import DropError
-from clinic_lib.migrate import migrate
-from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
+from clinic_lib.core import db
+
+from clinic_lib.ingest import sqlite_ingest
+from clinic_lib.ingest.drop_format import DropError
+from clinic_lib.core.migrate import migrate
+from clinic_lib.ingest.refresh import bulk_insert, first_broken_rule, load_raw
 from drops import HOURS, appt, kill_when_halfway, pay, rows, write_drop
 
 RAW_APPOINTMENTS = [
@@ -335,7 +337,9 @@ def test_sqlite_load_beside_another_connection_stays_in_wal_without_waiting(tmp_
 LOAD_KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from clinic_lib import db, refresh, sqlite_ingest
+    from clinic_lib.core import db
+    from clinic_lib.ingest import refresh
+    from clinic_lib.ingest import sqlite_ingest
     real_insert = sqlite_ingest.insert_frames
     def insert_then_hang(conn, frames, **kwargs):
         n = real_insert(conn, frames, **kwargs)

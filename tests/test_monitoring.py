@@ -16,10 +16,10 @@ import json
 import joblib
 import pytest
 
-from clinic_lib import db
-from clinic_lib import features as F
-from clinic_lib import models as M
-from clinic_lib.monitoring import (
+from clinic_lib.core import db
+from clinic_lib.modeling import features as F
+from clinic_lib.modeling import models as M
+from clinic_lib.modeling.monitoring import (
     HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, retrain_decision,
     retrain_reason, roc_auc, rolling_figures, scored_query, update_monitoring, weekly_figures)
 from reception_data import _appt, load_clinic
@@ -143,7 +143,7 @@ def test_days_a_drop_rewrote_are_found_outside_the_window(clinic):
 
 def test_a_late_drop_replaces_the_days_row(engine, clinic_env):
     """Through the real refresh: day D's drop, D's row; a corrected drop of D, D's row replaced."""
-    from clinic_lib.refresh import refresh_day
+    from clinic_lib.ingest.refresh import refresh_day
     from drops import DAY, DAY_APPOINTMENTS, appt, write_day_drop
     data = clinic_env / "data"
     write_day_drop(data)  # 1 completed, 2 no-show, 3 canceled 17 h before (late), 4 booked for next week
@@ -250,7 +250,7 @@ def test_retrain_reason_says_why():
 def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch):
     """The gathering around the pure rule: the saved model's age, its own scores, its estimate."""
     import sklearn
-    from clinic_lib.config import get_settings
+    from clinic_lib.core.config import get_settings
     model_dir = get_settings().model_dir
     model_dir.mkdir(parents=True)
     trained = "2026-03-29T12:00:00+00:00"
@@ -285,8 +285,8 @@ def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch)
 
 def test_four_week_queries_use_indices(tmp_path):
     """What rolling_figures and update_monitoring read: index ranges of those days, no table scan."""
-    from clinic_lib.migrate import migrate
-    from clinic_lib.monitoring import _signature_queries
+    from clinic_lib.core.migrate import migrate
+    from clinic_lib.modeling.monitoring import _signature_queries
     engine = db.make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
     migrate(engine)
     queries = {

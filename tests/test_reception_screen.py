@@ -15,13 +15,15 @@ from urllib.parse import urlencode
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, users
-from clinic_lib.api import create_app, create_server
-from clinic_lib.calendar import next_clinic_day
-from clinic_lib.config import get_settings
-from clinic_lib.errors import CannotRun
-from clinic_lib.priorities import build_priorities
-from clinic_lib.timeutil import today_local
+from clinic_lib.core import db
+
+from clinic_lib.reception import users
+from clinic_lib.reception.api import create_app, create_server
+from clinic_lib.core.clinic_days import next_clinic_day
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.errors import CannotRun
+from clinic_lib.reception.priorities import build_priorities
+from clinic_lib.core.timeutil import today_local
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
 TOKEN = "test-token-0123456789"
@@ -504,7 +506,7 @@ def test_recording_commits_then_tells_the_cache_before_the_connection_goes_back(
     """record_call commits on the pool's DBAPI connection (outside SQLAlchemy's events): its
     on_commit runs after the commit and while the connection is still checked out, so the screen
     drops the list cache before any other request can check it on that connection."""
-    from clinic_lib import call_list
+    from clinic_lib.reception import call_list
     anna = users.require_user(engine, "anna")
     seen_from_elsewhere = []
 

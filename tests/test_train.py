@@ -15,10 +15,18 @@ import sklearn
 import sqlalchemy as sa
 from sklearn.naive_bayes import GaussianNB
 
-from clinic_lib import db, evaluate as E, features as F, models as M, train as T
+from clinic_lib.core import db
+
+from clinic_lib.modeling import evaluate as E
+
+from clinic_lib.modeling import features as F
+
+from clinic_lib.modeling import models as M
+
+from clinic_lib.modeling import train as T
 from clinic_lib.cli import main as cli_main
-from clinic_lib.errors import UserError
-from clinic_lib.refresh import bulk_insert
+from clinic_lib.core.errors import UserError
+from clinic_lib.ingest.refresh import bulk_insert
 from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -29,7 +37,7 @@ AS_OF = "2026-03-19"
 @pytest.fixture
 def clinic_db(clinic_env, db_url):
     """A migrated database (SQLite and Postgres) with ~120 days of synthetic appointments."""
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
     load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
@@ -318,7 +326,7 @@ def _load_two_bump_clinic(engine):
 
 
 def test_the_four_feature_baseline_ships_when_it_is_better(clinic_env, engine):
-    from clinic_lib.predict import score_day
+    from clinic_lib.modeling.predict import score_day
     _load_two_bump_clinic(engine)
     r = T.train(as_of=AS_OF, valid_days=21, model="logreg", engine=engine)
     means = r.metrics["choice"]["mean_roc_auc"]
@@ -384,8 +392,8 @@ def test_train_notebook_runs_with_papermill(clinic_env, db_url, tmp_path):
     if not db_url.startswith("sqlite"):
         pytest.skip("one notebook run is enough")
     import papermill as pm
-    from clinic_lib.config import PROJECT_ROOT
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.config import PROJECT_ROOT
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
     load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ)
