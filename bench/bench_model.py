@@ -99,10 +99,10 @@ def rolling_report(name: str, engine, last_day: str, origins: list[str], k: int)
                   floor_measure="the better baseline's", above=1,
                   target="ahead of both baselines: > the better one's",
                   detail=f"four-feature {means['four_feature']:.4f}, lead time {means['lead_time']:.4f}; "
-                         f"{len(origins)} origins")
+                         f"{len(origins)} origins", digits=4)
     before = ro.mean_auc("booked_before_evening")
     RESULTS.info(QUALITY, f"{name}: the same, appointments booked before the evening", round(before[shipped], 4),
-                 detail=f"four-feature {before['four_feature']:.4f}, lead time {before['lead_time']:.4f}")
+                 detail=f"four-feature {before['four_feature']:.4f}, lead time {before['lead_time']:.4f}", digits=4)
     print(f"\n{name}, mean over origins per population (AUC / average precision / precision@{k}):\n")
     print("| model | booked before the evening | same-day bookings |\n|---|---|---|")
     for m in [shipped] + [b for b in M.BASELINES if b != shipped]:
@@ -145,7 +145,7 @@ def train_report(name: str, engine, as_of: str):
                   f"ends at {as_of}", d["train_end"] == as_of, detail=f"{d['rows']} rows")
     cost = (c["roc_auc_raw"] or 0) - (h["all"]["roc_auc"] or 0)
     RESULTS.absolute(QUALITY, f"{name}: holdout ROC AUC lost to calibration ({c['method']})", round(cost, 4), "",
-                     at_most=E.MAX_CALIBRATION_AUC_COST,
+                     at_most=E.MAX_CALIBRATION_AUC_COST, digits=4,
                      detail=f"raw {_f(c['roc_auc_raw'], 4)} -> shipped {_f(h['all']['roc_auc'], 4)}")
     risk = r.holdout["risk"].to_numpy()
     same_day = (r.holdout["same_day_booking"] == 1).to_numpy()

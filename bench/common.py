@@ -178,8 +178,11 @@ def machine(loop_seconds: float) -> dict:
             "loop_limit_seconds": LOOP_LIMIT_SECONDS}
 
 
-def number(value: float) -> str:
-    """A figure as the tables show it: three significant digits, thousands separated."""
+def number(value: float, digits: int | None = None) -> str:
+    """A figure as the tables show it: three significant digits (or ``digits`` decimals),
+    thousands separated."""
+    if digits is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,.{digits}f}"
     if isinstance(value, str):
         return value
     if isinstance(value, bool) or value is None:
@@ -204,7 +207,9 @@ def bound_number(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
 
 
-def with_unit(value, unit: str, shown=number) -> str:
+def with_unit(value, unit: str, shown=number, digits: int | None = None) -> str:
+    if digits is not None:
+        return with_unit(value, unit, lambda v: number(v, digits))
     if unit in ("", None):
         return shown(value)
     if unit in ("x", "%"):
@@ -243,7 +248,7 @@ class Results:
     # -- the kinds of row --
 
     def ratio(self, subject: str, measure: str, figure: float, unit: str, *, floor: float, floor_measure: str,
-              target: str | None = None, detail: str = "", **bound) -> dict:
+              target: str | None = None, detail: str = "", digits: int | None = None, **bound) -> dict:
         """``figure`` against ``floor`` (same unit, same run): one of at_most / at_least / above /
         below = the factor the figure may be of the floor."""
         op, factor = _bound(bound)
@@ -251,10 +256,10 @@ class Results:
         text = target or _ratio_text(op, factor, floor_measure)
         return self._add(subject, measure, figure, unit, text, "ratio", op, factor, scaled, detail,
                          floor={"measure": floor_measure, "figure": floor, "unit": unit},
-                         ratio=(figure / floor) if floor else None)
+                         ratio=(figure / floor) if floor else None, digits=digits)
 
     def absolute(self, subject: str, measure: str, figure: float, unit: str, *, scaled: bool | None = None,
-                 target: str | None = None, detail: str = "", **bound) -> dict:
+                 target: str | None = None, detail: str = "", digits: int | None = None, **bound) -> dict:
         """``figure`` against a fixed bound (at_most / at_least / above / below), scaled by the
         reference loop for times and rates unless ``scaled`` says otherwise."""
         op, value = _bound(bound)
@@ -264,13 +269,14 @@ class Results:
         if scaled:
             limit = value * self.loop_factor if op in ("<=", "<") else value / self.loop_factor
         text = target or f"{op} {with_unit(value, unit, bound_number)}"
-        return self._add(subject, measure, figure, unit, text, kind, op, value, limit, detail)
+        return self._add(subject, measure, figure, unit, text, kind, op, value, limit, detail, digits=digits)
 
     def check(self, subject: str, measure: str, figure: str, target: str, met: bool, detail: str = "") -> dict:
         return self._add(subject, measure, figure, "", target, "check", None, None, None, detail, met=met)
 
-    def info(self, subject: str, measure: str, figure, unit: str = "", detail: str = "") -> dict:
-        return self._add(subject, measure, figure, unit, "", "info", None, None, None, detail)
+    def info(self, subject: str, measure: str, figure, unit: str = "", detail: str = "",
+             digits: int | None = None) -> dict:
+        return self._add(subject, measure, figure, unit, "", "info", None, None, None, detail, digits=digits)
 
     def note(self, subject: str, text: str) -> None:
         """A line printed under the subject's heading (what was measured on what)."""
@@ -289,7 +295,7 @@ class Results:
         return self.data["rows"]
 
     def _add(self, subject, measure, figure, unit, target, kind, op, bound, scaled_target, detail,
-             floor=None, ratio=None, met=None) -> dict:
+             floor=None, ratio=None, met=None, digits=None) -> dict:
         if isinstance(figure, float) and figure != figure:
             raise ValueError(f"{measure}: the figure is NaN")
         if met is None and op is not None:
@@ -298,16 +304,17 @@ class Results:
         row = {"subject": subject, "measure": measure, "figure": figure, "unit": unit, "target": target,
                "kind": kind, "target_kind": KIND_TEXT[kind].format(floor=(floor or {}).get("measure")),
                "op": op, "bound": bound, "floor": floor, "ratio": ratio, "scaled_target": scaled_target,
-               "met": None if met is None else ("yes" if met else "no"), "detail": detail}
+               "met": None if met is None else ("yes" if met else "no"), "detail": detail, "digits": digits}
         self.data["rows"].append(row)
         self._write()
         if not self.quiet:
-            shown = f"{subject}: {measure}: {with_unit(figure, unit)}"
+            shown = f"{subject}: {measure}: {with_unit(figure, unit, digits=digits)}"
             if kind == "ratio":
-                shown += f" ({number(ratio)}x {floor['measure']} = {with_unit(floor['figure'], unit)})"
+                shown += f" ({number(ratio)}x {floor['measure']} = {with_unit(floor['figure'], unit, digits=digits)})"
             if row["met"] is not None:
-                shown += f"; target {target}" + (f" = {with_unit(scaled_target, unit)}" if scaled_target is not None
-                                                   and kind != "fixed" else "") + f": met {row['met']}"
+                shown += f"; target {target}" + (f" = {with_unit(scaled_target, unit, digits=digits)}"
+                                                   if scaled_target is not None and kind != "fixed" else "")
+                shown += f": met {row['met']}"
             print(shown, flush=True)
         return row
 

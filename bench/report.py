@@ -68,7 +68,7 @@ def _ratio(value) -> str:
 
 
 def figure_cell(row: dict) -> str:
-    text = with_unit(row["figure"], row["unit"])
+    text = with_unit(row["figure"], row["unit"], digits=row.get("digits"))
     if row["kind"] == "ratio" and row.get("ratio") is not None:
         text += f" ({_ratio(row['ratio'])})"
     return text
@@ -79,13 +79,13 @@ def target_cell(row: dict) -> str:
         return "–"
     text = row["target"]
     if row["kind"] == "ratio":
-        text += f" ({with_unit(row['floor']['figure'], row['floor']['unit'])})"
+        text += f" ({with_unit(row['floor']['figure'], row['floor']['unit'], digits=row.get('digits'))})"
     return text
 
 
 def scaled_cell(row: dict) -> str:
     if row["kind"] in ("ratio", "absolute") and row["scaled_target"] is not None:
-        return f"{row['op']} {with_unit(row['scaled_target'], row['unit'])}"
+        return f"{row['op']} {with_unit(row['scaled_target'], row['unit'], digits=row.get('digits'))}"
     if row["kind"] == "fixed":
         return "(not scaled)"
     return "–"
