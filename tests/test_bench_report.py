@@ -89,13 +89,15 @@ def test_report_describes_the_machine_once_and_a_table_per_subject(tmp_path):
     a.save()
     b = results(tmp_path, name="demo", loop=0.20)
     b.absolute("Demo generator", "clinic demo --scale 20", 12.0, "s", at_most=60)
+    b.ratio("Demo generator", "ROC AUC of the planted risk", 0.74121, "", floor=0.74089,
+            floor_measure="the baseline's", above=1, digits=4)
     b.save()
     out = tmp_path / "benchmarks.md"
     assert report.main(["--input", str(tmp_path), "--output", str(out)]) == 0
     text = out.read_text()
     assert text.count("## The machine") == 1
     assert "Reference loop `sum(range(10**7))`: 0.200-0.300 s" in text
-    assert "3 targets, 2 met, 1 not met" in text
+    assert "4 targets, 3 met, 1 not met" in text
     lines = text.splitlines()
     load = next(line for line in lines if line.startswith("| initial load, 20x clinic"))
     assert load == ("| initial load, 20x clinic | 6.30 s (3.15x) | <= 3x SQLite alone copying the same rows (2.00 s) "
@@ -104,6 +106,8 @@ def test_report_describes_the_machine_once_and_a_table_per_subject(tmp_path):
     assert refresh == "| refresh_day at 1x | 0.350 s | <= 0.2 s | absolute, scaled | <= 0.400 s | yes |  |"
     demo = next(line for line in lines if line.startswith("| clinic demo --scale 20"))
     assert "<= 60 s" in demo and "<= 80.0 s" in demo  # 60 s x 0.20 / 0.15
+    auc = next(line for line in lines if line.startswith("| ROC AUC of the planted risk"))
+    assert auc == "| ROC AUC of the planted risk | 0.7412 (1.00x) | > the baseline's (0.7409) | ratio | > 0.7409 | yes |  |"
     # the demo's subject comes before the refresh's (the order of the pipeline), once each
     assert text.index("## Demo generator") < text.index("## Initial load and daily refresh")
     assert text.count("## Initial load and daily refresh") == 1
