@@ -138,6 +138,14 @@ def render(benches: list[dict], scripts: list[str]) -> str:
         f"(median of 3 at the start of each bench; the reference machine takes at most {LOOP_LIMIT_SECONDS:g} s). "
         "The machine is shared, so its speed varies from one minute to the next; each bench scales its "
         "absolute targets by its own measurement, given under its tables.",
+    ]
+    loads = [v for b in benches for v in (b.get("load_average") or {}).values() if v is not None]
+    if loads and m.get("cores") and max(loads) > m["cores"]:
+        lines.append(f"- Other work shared the machine during this run: the load average reached {number(max(loads))} "
+                     f"on {m['cores']} cores (each bench's under its tables). A time measured over minutes then "
+                     "suffers more than the reference loop, timed at the bench's start, accounts for; the ratio "
+                     "targets, whose floors ran beside their figures, are the steadier guide.")
+    lines += [
         "",
         "## Reading the tables",
         "",

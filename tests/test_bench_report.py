@@ -132,6 +132,22 @@ def test_report_refuses_to_mix_runs(tmp_path, capsys):
     assert "clinic demo --scale 1" in text and "refresh_day at 1x" not in text
 
 
+def test_report_says_when_other_work_loaded_the_machine(tmp_path):
+    r = results(tmp_path, name="chain")
+    r.info("Evening chain", "kernel start-up", 0.5, "s")
+    r.save()
+    cores = r.data["machine"]["cores"]
+    out = tmp_path / "benchmarks.md"
+    r.data["load_average"] = {"start": cores * 0.5, "end": cores * 0.25}
+    r._write()
+    assert report.main(["--input", str(tmp_path), "--output", str(out)]) == 0
+    assert "Other work shared the machine" not in out.read_text()
+    r.data["load_average"] = {"start": cores * 0.5, "end": cores * 3.0}
+    r._write()
+    assert report.main(["--input", str(tmp_path), "--output", str(out)]) == 0
+    assert f"the load average reached {common.number(cores * 3.0)} on {cores} cores" in out.read_text()
+
+
 def test_report_says_when_a_bench_stopped_half_way(tmp_path):
     r = results(tmp_path, name="chain")
     r.absolute("Evening chain", "full chain, 1x", 12.0, "s", at_most=20)  # no save(): the bench failed after it
