@@ -43,8 +43,15 @@ api: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# Every bench in one run: each writes its figures to outputs/bench/, then docs/benchmarks.md is
+# regenerated from them (the run id keeps older files out). A failing bench does not stop the others;
+# the report names it and make fails at the end.
 bench: $(STAMP)
-	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	rm -rf outputs/bench && mkdir -p outputs/bench
+	@export CLINIC_BENCH_RUN_ID=$$(date -u +%Y%m%dT%H%M%SZ); failed=""; \
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || failed="$$failed $$f"; done; \
+	$(BIN)/python bench/report.py || exit 1; \
+	if [ -n "$$failed" ]; then echo "bench failed:$$failed"; exit 1; fi
 
 # Regenerate what docs/ holds generated from the code: the check catalogue in docs/validation.md.
 .PHONY: docs

@@ -27,10 +27,8 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 FOLDER_NOTES = [ROOT / "data" / "README.md", ROOT / "outputs" / "README.md", ROOT / "tests" / "data" / "README.md"]
 MAX_README_LINES = 350
 
-# docs/benchmarks.md is written by `make bench` (bench/report.py) on another branch of this
-# work; until it is part of this tree, links to it are checked by the strict xfail below, which
-# fails as soon as the file exists, so that this exemption is removed then.
-AWAITED = {ROOT / "docs" / "benchmarks.md"}
+# Files a link may name before they exist (none: every link is checked).
+AWAITED: set = set()
 
 
 # --- reading markdown -----------------------------------------------------------------------------
@@ -144,18 +142,6 @@ def test_the_link_checker_finds_broken_links_and_anchors(tmp_path, monkeypatch):
 
 def test_every_relative_link_in_the_readme_and_docs_resolves():
     assert broken_links([README, *DOCS, *FOLDER_NOTES], awaited=AWAITED) == []
-
-
-@pytest.mark.xfail(not all(p.exists() for p in AWAITED), strict=True,
-                   reason="docs/benchmarks.md is written by `make bench` on the benchmarks branch")
-def test_awaited_link_targets_exist():
-    linked = {resolve(path, target)[0] for path in [README, *DOCS] for _, target in relative_links(path)}
-    assert AWAITED <= linked
-    missing = [str(p.relative_to(ROOT)) for p in AWAITED if not p.exists()]
-    assert missing == []
-    if AWAITED:
-        pytest.fail("docs/benchmarks.md exists now: empty AWAITED in tests/test_docs.py so that its "
-                    "links are checked like every other")
 
 
 # --- the generated check catalogue -----------------------------------------------------------------
