@@ -59,7 +59,8 @@ def monitoring_step_seconds(url: str, day: str, repeat: int = 3) -> tuple[float,
     """The monitoring step of the evening of ``day`` (its drop applied), with 35 days of scores
     before it: (median seconds, scores in the window, days whose row the step computed)."""
     from clinic_lib.core import db
-    from clinic_lib.modeling.monitoring import LOOKBACK_DAYS, retrain_decision, update_monitoring
+    from clinic_lib.modeling.monitoring import LOOKBACK_DAYS, update_monitoring
+    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.predict import load_model
     engine = db.make_engine(url)
     version = load_model()["model_version"]

@@ -368,7 +368,8 @@ def args_monitor(p):
 
 
 def cmd_monitor(a):
-    from clinic_lib.modeling.monitoring import recompute_monitoring, retrain_decision, update_monitoring
+    from clinic_lib.modeling.monitoring import recompute_monitoring, update_monitoring
+    from clinic_lib.modeling.retraining import retrain_decision
     day = a.day or _today()
     result = (recompute_monitoring(a.recompute_from, day) if a.recompute_from else update_monitoring(day))
     print(result.summary())

@@ -20,8 +20,9 @@ from clinic_lib.core import db
 from clinic_lib.modeling import features as F
 from clinic_lib.modeling import models as M
 from clinic_lib.modeling.monitoring import (
-    HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, retrain_decision,
-    retrain_reason, roc_auc, rolling_figures, scored_query, update_monitoring, weekly_figures)
+    HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, roc_auc,
+    rolling_figures, scored_query, update_monitoring, weekly_figures)
+from clinic_lib.modeling.retraining import retrain_decision, retrain_reason
 from reception_data import _appt, load_clinic
 
 S1, S2, S3 = dt.date(2026, 3, 30), dt.date(2026, 3, 31), dt.date(2026, 4, 1)

@@ -138,7 +138,7 @@ def train(as_of=None, valid_days: int = 28, model: str = "auto", engine=None, ou
           write: bool = True, max_train_rows: int | None = E.MAX_TRAIN_ROWS,
           retrain_reason: str = "") -> TrainResult:
     """Evaluate, choose, refit and (with ``write``) save the model; see the module doc.
-    ``retrain_reason``: why the chain retrains (``monitoring.retrain_decision``), kept in metrics.json."""
+    ``retrain_reason``: why the chain retrains (``retraining.retrain_decision``), kept in metrics.json."""
     with threadpool_limits(limits=M.TRAIN_THREADS, user_api="openmp"):
         return _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows, retrain_reason)
 

@@ -34,7 +34,8 @@ def replay_evening(day, engine: sa.Engine) -> dict:
     clinic day's scores and call list (see the module doc). Returns what was done."""
     from clinic_lib.core.clinic_days import next_clinic_day
     from clinic_lib.modeling.evaluate import NotEnoughData
-    from clinic_lib.modeling.monitoring import latest_drop_day, retrain_decision, update_monitoring
+    from clinic_lib.modeling.monitoring import latest_drop_day, update_monitoring
+    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.predict import model_path, score_day
     from clinic_lib.reception.priorities import build_priorities
     from clinic_lib.modeling.train import train

@@ -125,9 +125,9 @@ def _model_exists() -> bool:
 
 
 def _retrain_decision(day: dt.date, engine):
-    """Whether the evening of ``day`` retrains, and why (``monitoring.retrain_decision``): no usable
+    """Whether the evening of ``day`` retrains, and why (``retraining.retrain_decision``): no usable
     model, older than MODEL_MAX_AGE_DAYS, or its last 4 weeks off in calibration or ROC AUC."""
-    from clinic_lib.modeling.monitoring import retrain_decision
+    from clinic_lib.modeling.retraining import retrain_decision
     return retrain_decision(day, engine)
 
 
