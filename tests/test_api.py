@@ -342,6 +342,20 @@ def test_openapi_document_is_valid(client):
     assert len(list(loaded.get_all_operations())) == 4
 
 
+def test_openapi_document_says_what_the_code_does():
+    """openapi.json is a data file: its enums and limits are the code's."""
+    from clinic_lib.reception.api import MAX_ID, MAX_NOTE
+    spec = openapi_spec()
+    item = (spec["paths"]["/priorities"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["properties"]["items"]["items"]["properties"])
+    assert item["call_status"]["enum"] == list(db.CALL_OUTCOMES)
+    assert item["appointment_status"]["enum"] == list(db.APPOINTMENT_STATUSES)
+    post = spec["paths"]["/appointments/{appointment_id}/call-outcome"]["post"]
+    assert post["parameters"][0]["schema"]["maximum"] == MAX_ID
+    body = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert body["outcome"]["enum"] == list(db.CALL_OUTCOMES) and body["note"]["maxLength"] == MAX_NOTE
+
+
 EVERY_INTERFACE = "0.0.0.0"
 
 

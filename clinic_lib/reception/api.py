@@ -27,7 +27,8 @@ import ipaddress
 import json
 import logging
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 
 import sqlalchemy as sa
 from flask import Flask, Response, request
@@ -500,117 +501,10 @@ def serve(host: str | None = None, port: int | None = None, threads: int = 4, ca
 
 # --- OpenAPI ------------------------------------------------------------------------------------------
 
+OPENAPI_FILE = Path(__file__).with_name("openapi.json")  # the API's description, a data file beside the code
+
+
+@cache
 def openapi_spec() -> dict:
-    error = {"$ref": "#/components/responses/Error"}
-    item = {
-        "type": "object",
-        "required": ["rank", "appointment_id", "patient_id", "patient_name", "phone", "consent_form_received",
-                     "physio_name", "appt_start", "is_new_patient", "risk_bucket", "risk_score", "risk_source",
-                     "missing_phone", "missing_consent", "priority_score", "priority_reason", "holdout",
-                     "call_status", "appointment_status"],
-        "properties": {
-            "rank": {"type": "integer", "minimum": 1},
-            "appointment_id": {"type": "integer"},
-            "patient_id": {"type": "integer"},
-            "patient_name": {"type": "string"},
-            "phone": {"type": "string", "nullable": True},
-            "consent_form_received": {"type": "boolean"},
-            "physio_name": {"type": "string", "nullable": True},
-            "appt_start": {"type": "string", "format": "date-time",
-                           "description": "ISO 8601 with the clinic-local offset"},
-            "is_new_patient": {"type": "boolean"},
-            "risk_bucket": {"type": "string", "enum": ["low", "medium", "high"]},
-            "risk_score": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
-            "risk_source": {"type": "string", "enum": ["model", "heuristic"]},
-            "missing_phone": {"type": "boolean"},
-            "missing_consent": {"type": "boolean"},
-            "priority_score": {"type": "number", "nullable": True},
-            "priority_reason": {"type": "string"},
-            "holdout": {"type": "boolean",
-                        "description": "hold out: do not call. The randomised call holdout "
-                                       "(CALL_HOLDOUT_SHARE) keeps this appointment out of the calls, "
-                                       "so that the clinic can measure what the calls change"},
-            "call_status": {"type": "string", "enum": list(db.CALL_OUTCOMES), "nullable": True,
-                            "description": "the latest call outcome, or null before the first call"},
-            "appointment_status": {"type": "string", "enum": list(db.APPOINTMENT_STATUSES),
-                                   "description": "the appointment's status now (the list holds booked "
-                                                  "appointments when built; a later cancellation shows here)"},
-        },
-    }
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "Clinic Ops reception API", "version": "1.0.0",
-                 "description": "Tomorrow's callback list and the call outcomes reception records."},
-        "servers": [{"url": "/"}],
-        "security": [{"bearerAuth": []}],
-        "paths": {
-            "/priorities": {"get": {
-                "operationId": "getPriorities",
-                "summary": "The callback list of a clinic day, in priority order",
-                "parameters": [{"name": "day", "in": "query", "required": True,
-                                "schema": {"type": "string", "format": "date"},
-                                "description": "clinic-local day, YYYY-MM-DD"}],
-                "responses": {
-                    "200": {"description": "the list (empty when none was built for the day)",
-                            "content": {"application/json": {"schema": {
-                                "type": "object", "required": ["day", "count", "items"],
-                                "properties": {"day": {"type": "string", "format": "date"},
-                                               "count": {"type": "integer", "minimum": 0},
-                                               "built_at": {"type": "string", "format": "date-time",
-                                                            "nullable": True},
-                                               "items": {"type": "array", "items": item}}}}}},
-                    "400": error, "401": error}}},
-            "/appointments/{appointment_id}/call-outcome": {"post": {
-                "operationId": "postCallOutcome",
-                "summary": "Record the outcome of a call (kept as history)",
-                "parameters": [{"name": "appointment_id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["outcome"], "additionalProperties": False,
-                    "properties": {"outcome": {"type": "string", "enum": list(db.CALL_OUTCOMES)},
-                                   "note": {"type": "string", "maxLength": MAX_NOTE, "nullable": True,
-                                            "pattern": "^[^\\u0000]*$",
-                                            "description": "free text, no NUL characters"}}}}}},
-                "responses": {
-                    "201": {"description": "recorded", "content": {"application/json": {"schema": {
-                        "type": "object",
-                        "required": ["outcome_id", "appointment_id", "outcome", "note", "recorded_at"],
-                        "properties": {"outcome_id": {"type": "integer"}, "appointment_id": {"type": "integer"},
-                                       "outcome": {"type": "string", "enum": list(db.CALL_OUTCOMES)},
-                                       "note": {"type": "string", "nullable": True},
-                                       "recorded_at": {"type": "string", "format": "date-time"}}}}}},
-                    "400": error, "401": error, "404": error, "413": error}}},
-            "/health": {"get": {
-                "operationId": "getHealth", "summary": "Database reachability and the latest run (no token)",
-                "security": [],
-                "responses": {
-                    "200": {"description": "the database is reachable", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Health"}}}},
-                    "503": {"description": "the database is not reachable", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Health"}}}}}}},
-            "/openapi.json": {"get": {
-                "operationId": "getOpenApi", "summary": "This description",
-                "responses": {"200": {"description": "OpenAPI 3.0 document",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}},
-                              "401": error}}},
-        },
-        "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "the value of CLINIC_API_TOKEN"}},
-            "responses": {"Error": {"description": "an error", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"}}}}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "message"],
-                          "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
-                "Health": {"type": "object", "required": ["status", "database"], "properties": {
-                    "status": {"type": "string", "enum": ["ok", "error"]},
-                    "database": {"type": "string", "enum": ["reachable", "unreachable"]},
-                    "checked_at": {"type": "string", "format": "date-time"},
-                    "latest_run": {"type": "object", "nullable": True, "properties": {
-                        "job": {"type": "string"}, "day": {"type": "string", "nullable": True},
-                        "status": {"type": "string"},
-                        "started_at": {"type": "string", "nullable": True},
-                        "finished_at": {"type": "string", "nullable": True}}}}},
-            },
-        },
-    }
+    """The OpenAPI 3.0 document (``openapi.json``; tests hold its enums and limits to the code's)."""
+    return json.loads(OPENAPI_FILE.read_text())
