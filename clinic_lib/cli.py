@@ -23,9 +23,8 @@ def _day(value: str) -> dt.date:
 
 
 def _today():
-    from clinic_lib.core.config import get_settings
-    from clinic_lib.core.timeutil import today_local
-    return today_local(get_settings().clinic_tz)
+    from clinic_lib.core.clinic_days import clinic_today
+    return clinic_today()
 
 
 # --- demo / load / migrate / refresh (foundation) ------------------------------------------------

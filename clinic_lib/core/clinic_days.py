@@ -33,13 +33,32 @@ def working_weekdays(engine_or_conn) -> frozenset[int]:
 
 def next_clinic_day(engine: sa.Engine | None = None, day=None) -> dt.date:
     """The first clinic day strictly after ``day`` (default: today in CLINIC_TZ)."""
-    from clinic_lib.core.config import get_settings
-    from clinic_lib.core.timeutil import today_local
     engine = engine or db.make_engine()
-    day = parse_day(day) if day is not None else today_local(get_settings().clinic_tz)
+    day = parse_day(day) if day is not None else clinic_today()
     weekdays = working_weekdays(engine)
     for n in range(1, 8):
         candidate = day + dt.timedelta(days=n)
         if candidate.weekday() in weekdays:
             return candidate
     raise AssertionError("unreachable: weekdays is never empty")
+
+
+# --- the days a run and its notebooks work on ----------------------------------------------------------
+
+def clinic_today() -> dt.date:
+    """Today in CLINIC_TZ."""
+    from clinic_lib.core.config import get_settings
+    from clinic_lib.core.timeutil import today_local
+    return today_local(get_settings().clinic_tz)
+
+
+def evening_day(day=None) -> dt.date:
+    """The clinic day an evening's run closes: ``day`` (a date or YYYY-MM-DD), else today in CLINIC_TZ.
+    The validate, refresh and train notebooks take their default day from here."""
+    return parse_day(day) if day else clinic_today()
+
+
+def day_ahead(day=None, engine: sa.Engine | None = None) -> dt.date:
+    """The clinic day a list is made for: ``day``, else the next clinic day after today. The score,
+    priorities and reminders notebooks take their default day from here."""
+    return parse_day(day) if day else next_clinic_day(engine, clinic_today())

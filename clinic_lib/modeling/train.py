@@ -50,7 +50,8 @@ from clinic_lib.core.config import get_settings
 from clinic_lib.core.errors import UserError
 from clinic_lib.modeling.evaluate import NotEnoughData
 from clinic_lib.core.migrate import ensure_schema
-from clinic_lib.core.timeutil import parse_day, today_local, utc_now_text
+from clinic_lib.core.clinic_days import evening_day
+from clinic_lib.core.timeutil import utc_now_text
 
 MIN_FINISHED = 500
 HOLDOUT_STEP_DAYS = 7
@@ -146,7 +147,7 @@ def train(as_of=None, valid_days: int = 28, model: str = "auto", engine=None, ou
 def _train(as_of, valid_days, model, engine, out_dir, write, max_train_rows, retrain_reason="") -> TrainResult:
     t0 = time.perf_counter()
     settings = get_settings()
-    as_of = parse_day(as_of) if as_of else today_local(settings.clinic_tz)
+    as_of = evening_day(as_of)
     valid_days = int(valid_days)
     if valid_days < 1:
         raise UserError(f"valid_days must be at least 1, got {valid_days}")

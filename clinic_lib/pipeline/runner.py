@@ -248,8 +248,8 @@ def locked(timeout: float = 0):
 
 
 def default_day() -> dt.date:
-    from clinic_lib.core.timeutil import today_local
-    return today_local(get_settings().clinic_tz)
+    from clinic_lib.core.clinic_days import clinic_today
+    return clinic_today()
 
 
 def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False,
