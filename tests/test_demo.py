@@ -18,7 +18,8 @@ from clinic_lib.core import db
 
 from clinic_lib.ingest import refresh
 from clinic_lib.ingest.drop_format import COLUMNS, read_csv_text
-from clinic_lib.ingest.demo import build_world, generate_demo
+from clinic_lib.ingest.demo import generate_demo
+from clinic_lib.ingest.demo_world import build_world
 
 # one worker runs this module: its demo clinics are built once for all its tests
 pytestmark = pytest.mark.xdist_group("test_demo")
