@@ -57,12 +57,12 @@ class Settings:
     data_dir: Path
     outputs_dir: Path
     clinic_name: str = "Clinic Ops Physiotherapy"
-    # Cancellation-risk model (issue 4)
+    # Cancellation-risk model
     late_cancel_hours: float = 24.0
     call_capacity: int = 10
     model_max_age_days: int = 7
     risk_thresholds: tuple[float, float] = (0.10, 0.25)  # low < t0 <= medium < t1 <= high
-    # Reception (issue 5)
+    # Reception
     api_token: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8008
@@ -72,11 +72,14 @@ class Settings:
     clinic_phone: str = "+49 30 000000"
     reminder_template: Path | None = None  # None: clinic_lib/templates/reminder.txt
     priority_weights: dict = field(default_factory=dict)
-    # Validation gate (issue 3)
+    # Validation gate
     payment_max_factor: float = 3.0  # more paid than this times the price is an error
     phone_region: str = "DE"  # region for phone numbers written without +country
-    # Dashboard (issue 6)
+    # Dashboard (docs/dashboard.md): each visitor's page has its own kernel (~200 MB)
     dashboard_port: int = 8866
+    dashboard_max_visitors: int = 4  # visitors' kernels at once; one more gets a "busy" page
+    dashboard_idle_minutes: float = 10.0  # a visitor's kernel ends after this long without use
+    dashboard_cell_timeout: float = 120.0  # seconds a page's own work may take once a visitor came
     # Reception's screen: sign-in sessions
     secret_key: str | None = None  # None: generated once into <data_dir>/secret_key
     session_idle_minutes: float = 30.0
@@ -188,6 +191,12 @@ def get_settings() -> Settings:
         payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
         phone_region=(env.get("PHONE_REGION") or "DE").upper(),
         dashboard_port=int(env.get("CLINIC_DASHBOARD_PORT") or 8866),
+        dashboard_max_visitors=int(_number(env, "CLINIC_DASHBOARD_MAX_VISITORS", 4, 1, 1000,
+                                           "the dashboard's visitors at once (one kernel each)")),
+        dashboard_idle_minutes=_number(env, "CLINIC_DASHBOARD_IDLE_MINUTES", 10.0, 0.1, 24 * 60,
+                                       "the minutes without use after which a visitor's kernel ends"),
+        dashboard_cell_timeout=_number(env, "CLINIC_DASHBOARD_CELL_TIMEOUT", 120.0, 5, 3600,
+                                       "the seconds a page's own work may take"),
         secret_key=env.get("CLINIC_SECRET_KEY") or None,
         session_idle_minutes=float(env.get("CLINIC_SESSION_IDLE_MINUTES") or 30),
         https=(env.get("CLINIC_HTTPS") or "0").strip().lower() in ("1", "true", "yes", "on"),

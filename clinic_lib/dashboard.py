@@ -15,7 +15,9 @@ physio) sums in memory (``kpis.summary_from``); only days outside them are queri
 a preheated kernel the page fetches that window in a thread after its first render.
 
 URL parameters: ``?day=YYYY-MM-DD`` (one day), ``?start=..&end=..`` (a range),
-``?physio=<id>``, ``?as_of=YYYY-MM-DD`` (snapshot; default today).
+``?physio=<id>``, ``?as_of=YYYY-MM-DD`` (snapshot; default today). Whatever a URL holds reaches
+the page as text only: every piece of it is escaped where it becomes HTML (``message_html``
+takes HTML, so the notes about a URL are plain text escaped by ``note_html``).
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ NOTEBOOK = PROJECT_ROOT / "notebooks" / "kpi_dashboard.ipynb"
 SHARE_DIR = Path(__file__).resolve().parent / "share"  # holds voila/templates/clinic
 ALL = "all"  # the physio filter's "All physios"
 TREND_DAYS = 28  # a one-day selection plots the 28 days ending that day
+# The patient visit average (attended visits / new patients) estimates visits per course of care;
+# over fewer days than a month it mostly counts whoever happened to start then.
+PVA_MIN_DAYS = 28
 
 # (key, label, kind, higher_is_better)
 CARDS = [
@@ -65,9 +70,16 @@ CSS = """
 .clinic-dash .dash-sub { color: #666; font-size: 13px; margin-bottom: 6px; }
 .kpi-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }
 .kpi-card { border: 1px solid #ddd; border-radius: 8px; padding: 8px 12px; background: #fff;
-            box-shadow: 0 1px 2px rgba(0,0,0,.05); }
+            box-shadow: 0 1px 2px rgba(0,0,0,.05); min-width: 0; }
 .kpi-label { font-size: 12px; color: #666; text-transform: uppercase; letter-spacing: .03em; }
-.kpi-value { font-size: 26px; font-weight: 600; margin: 2px 0; }
+.kpi-value { font-size: 26px; font-weight: 600; margin: 2px 0; white-space: nowrap; }
+.kpi-value.long { font-size: 20px; } .kpi-value.longer { font-size: 16px; }
+.kpi-def { font-size: 11px; line-height: 1.3; color: #777; margin-top: 2px; }
+.chart-grid { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+@media (max-width: 760px) {
+  .chart-grid { grid-template-columns: minmax(0, 1fr) !important; }
+  .kpi-grid { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
+}
 .kpi-sub { font-size: 12px; color: #555; }
 .kpi-delta { font-size: 12px; }
 .kpi-delta.good { color: #2e7d32; } .kpi-delta.bad { color: #c62828; } .kpi-delta.flat { color: #777; }
@@ -102,9 +114,27 @@ def format_value(kind: str, value) -> str:
     return f"{value:.2f}"
 
 
+def shows_pva(start: dt.date, end: dt.date) -> bool:
+    """Whether the patient visit average means something for this range (a month or more)."""
+    return (end - start).days + 1 >= PVA_MIN_DAYS
+
+
 def card_value(key: str, summary: kpis.Summary) -> str:
     """The text a card shows for a KPI (the browser test compares the page with this)."""
+    if key == "patient_visit_average" and not shows_pva(summary.start, summary.end):
+        return format_value("ratio", None)
     return format_value(CARD_KINDS[key], getattr(summary, key))
+
+
+def _value_class(text: str) -> str:
+    """Long values (an outstanding total in the hundred thousands) get a smaller font to fit."""
+    return "kpi-value" + (" longer" if len(text) > 13 else " long" if len(text) > 9 else "")
+
+
+# One line under a card's value that says what it counts (kpis.py has the formulas).
+DEFINITIONS = {
+    "bookings": "appointments scheduled on these days, whatever became of them",
+}
 
 
 def _delta(kind: str, now, before, higher_is_better: bool) -> tuple[str, str]:
@@ -136,6 +166,8 @@ def _sub(key: str, s: kpis.Summary) -> str:
         return f"{s.outstanding_visits:,} visits, as of {s.as_of}"
     if key == "attended":
         return f"{s.no_shows} no-shows"
+    if key == "patient_visit_average" and not shows_pva(s.start, s.end):
+        return f"shown for ranges of {PVA_MIN_DAYS} days or more"
     return ""
 
 
@@ -144,7 +176,9 @@ def cards_html(current: kpis.Summary, previous: kpis.Summary | None, previous_la
     parts = ['<div class="kpi-grid">']
     for key, label, kind, better in CARDS:
         value = card_value(key, current)
-        if key == "outstanding_cents" or previous is None:
+        if key == "patient_visit_average" and not shows_pva(current.start, current.end):
+            delta_text, tone = "", "flat"
+        elif key == "outstanding_cents" or previous is None:
             delta_text, tone = ("snapshot" if key == "outstanding_cents" else ""), "flat"
         else:
             now, before = getattr(current, key), getattr(previous, key)
@@ -155,15 +189,38 @@ def cards_html(current: kpis.Summary, previous: kpis.Summary | None, previous_la
                 delta_text = f"none for {previous_label}" if before is None else ""
         parts.append(
             f'<div class="kpi-card" data-kpi="{key}"><div class="kpi-label">{html.escape(label)}</div>'
-            f'<div class="kpi-value">{html.escape(value)}</div>'
+            f'<div class="{_value_class(value)}">{html.escape(value)}</div>'
             f'<div class="kpi-delta {tone}">{html.escape(delta_text)}</div>'
-            f'<div class="kpi-sub">{html.escape(_sub(key, current))}</div></div>')
+            f'<div class="kpi-sub">{html.escape(_sub(key, current))}</div>'
+            + (f'<div class="kpi-def">{html.escape(DEFINITIONS[key])}</div>' if key in DEFINITIONS else "")
+            + '</div>')
     parts.append("</div>")
     return "".join(parts)
 
 
 def message_html(text: str, error: bool = False) -> str:
+    """A message box around ``text``, which is HTML: escape any user text in it (``note_html``)."""
     return f'<div class="dash-message{" error" if error else ""}">{text}</div>'
+
+
+def note_html(note: str) -> str:
+    """A plain-text note (it may quote the URL) as a message box, escaped."""
+    return message_html(html.escape(note)) if note else ""
+
+
+def coverage_note(start: dt.date, end: dt.date, first_day: dt.date | None, last_day: dt.date | None) -> str:
+    """What a selection outside the data should say, instead of showing zeros silently."""
+    if first_day is None or last_day is None:
+        return ""
+    span = f"the data covers {first_day} to {last_day}"
+    if end < first_day or start > last_day:
+        period = str(start) if start == end else f"{start} to {end}"
+        return f"No appointments for {period}: {span}."
+    if end > last_day:
+        return f"The data ends on {last_day}: days after it have no appointments ({span})."
+    if start < first_day:
+        return f"The data starts on {first_day}: days before it have no appointments ({span})."
+    return ""
 
 
 def _age(days) -> str:
@@ -182,7 +239,7 @@ def freshness_html(fresh: dict, settings=None) -> str:
     else:
         cls = "fresh-ok" if etl["status"] == "ok" else "fresh-bad"
         text = (f'<span class="{cls}">{html.escape(etl["job"])} {html.escape(str(etl.get("day") or ""))}: '
-                f'{etl["status"]}</span>, {_age(etl.get("age_days"))}')
+                f'{html.escape(str(etl["status"]))}</span>, {_age(etl.get("age_days"))}')
         if etl["status"] != "ok" and etl.get("error_message"):
             text += f'<br><small>{html.escape(str(etl["error_message"])[:200])}</small>'
         if ok is not None and ok["run_id"] != etl["run_id"]:
@@ -193,9 +250,9 @@ def freshness_html(fresh: dict, settings=None) -> str:
         items.append(("Validation", '<span class="fresh-warn">no validation run yet</span>'))
     else:
         cls = {"ok": "fresh-ok", "warnings": "fresh-warn"}.get(val["status"], "fresh-bad")
-        items.append(("Validation", f'<span class="{cls}">{val["status"]}</span> ({val["scope"]} '
-                      f'{html.escape(str(val.get("day") or ""))}): {val["n_errors"]} errors, '
-                      f'{val["n_warnings"]} warnings, {_age(val.get("age_days"))}'))
+        items.append(("Validation", f'<span class="{cls}">{html.escape(str(val["status"]))}</span> '
+                      f'({html.escape(str(val["scope"]))} {html.escape(str(val.get("day") or ""))}): '
+                      f'{int(val["n_errors"])} errors, {int(val["n_warnings"])} warnings, {_age(val.get("age_days"))}'))
     model, metrics = fresh.get("model"), fresh.get("metrics") or {}
     if model is None and not metrics:
         items.append(("Risk model", '<span class="fresh-warn">no model trained yet</span>'))
@@ -263,7 +320,9 @@ def load_state(settings=None) -> State:
 
 
 def initial_selection(params: dict, state: State, today: dt.date, day=None):
-    """(start, end, physio_id, as_of, note) from the URL, the notebook parameter and the data."""
+    """(start, end, physio_id, as_of, note) from the URL, the notebook parameter and the data.
+
+    ``note`` is plain text that may quote the URL: show it with ``note_html``."""
     note = ""
     try:
         as_of = parse_day(params["as_of"]) if params.get("as_of") else today
@@ -293,7 +352,7 @@ def initial_selection(params: dict, state: State, today: dt.date, day=None):
         try:
             physio = int(params["physio"])
         except ValueError:
-            note += f"Ignored physio={html.escape(params['physio'][:20])!s}. "
+            note += f"Ignored physio={params['physio'][:40]!r}: expected a number. "
         if physio is not None and physio not in {i for _, i in state.physios}:
             note += f"No physio {physio}; showing all. "
             physio = None
@@ -456,7 +515,8 @@ class Dashboard:
             widget.add_class(cls)
         self.end.layout.display = "none" if start == end else None
         self.status = w.HTML()
-        self.note = w.HTML(message_html(note) if note else "")
+        self.note = w.HTML(note_html(note))
+        self.coverage = w.HTML()  # says where the data ends when the selection is outside it
         self.cards = w.HTML()
         self.charts = {name: w.Output(layout=w.Layout(min_height="300px", border="1px solid #eee"))
                        for name in ("activity", "show_rate", "revenue", "utilization", "outstanding", "risk")}
@@ -466,11 +526,12 @@ class Dashboard:
         header = w.HTML(f'{CSS}<div class="clinic-dash"><h2>{html.escape(self.settings.clinic_name)}</h2>'
                         f'<div class="dash-sub">KPIs as of {as_of} · data from {state.first_day} to '
                         f'{state.last_day}</div></div>')
-        grid = w.GridBox(list(self.charts.values()),
-                         layout=w.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))", grid_gap="10px"))
+        # two columns of charts, one on a phone (CSS: .chart-grid)
+        grid = w.GridBox(list(self.charts.values()), layout=w.Layout(grid_gap="10px"))
+        grid.add_class("chart-grid")
         self.root = w.VBox([header, w.HBox([self.mode, self.start, self.end, self.physio],
                                            layout=w.Layout(flex_flow="row wrap")),
-                            self.status, self.note, self.cards, grid, self.freshness])
+                            self.status, self.note, self.coverage, self.cards, grid, self.freshness])
         self.root.add_class("clinic-dash")
         self.mode.observe(self._on_mode, "value")
         for widget in (self.start, self.end, self.physio):
@@ -538,6 +599,7 @@ class Dashboard:
             except ValueError as exc:
                 self.cards.value = message_html(html.escape(str(exc)))
                 return
+            self.coverage.value = note_html(coverage_note(start, end, self.state.first_day, self.state.last_day))
             view = compute(self.state.engine, start, end, physio, self.as_of, self._outstanding,
                            self._frames_for(*window(start, end)))
             self._outstanding, self._frames = view.outstanding_by_physio, view.frames
@@ -717,23 +779,24 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
 # --- serving ------------------------------------------------------------------------------
 
 def voila_command(port: int | None = None, host: str = "127.0.0.1", notebook: Path | None = None) -> list[str]:
-    """The Voila command line: our template, no tracebacks, a cell timeout and kernel culling."""
-    port = port or get_settings().dashboard_port
+    """The Voila command line: our template, no tracebacks, the cell timeout; clinic_lib.voila_server
+    adds the bound on visitors' kernels and ends the unused ones (docs/dashboard.md)."""
+    settings = get_settings()
+    port = port or settings.dashboard_port
     # Preheating (on unless CLINIC_DASHBOARD_PREHEAT=0) takes the kernel's start, the imports and
-    # the queries that do not depend on the URL out of the page's first render (5.2 -> 3.3 s at
-    # 20x, bench/bench_dashboard.py); the waiting kernel holds ~200 MB.
+    # the queries that do not depend on the URL out of the page's first render; the waiting
+    # kernel holds ~200 MB.
     preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "1").lower() not in ("0", "false", "no", "off")
-    # Voila itself, with the fix of voila_server (a missed wake-up stalled every second page load).
     return [sys.executable, "-m", "clinic_lib.voila_server", str(notebook or NOTEBOOK),
             "--no-browser", f"--port={port}", f"--Voila.ip={host}", "--Voila.port_retries=0",
             "--template=clinic", "--theme=light",
+            # a URL cannot pick another template or theme (the lab template loads from CDNs)
+            "--VoilaConfiguration.allow_template_override=NO", "--VoilaConfiguration.allow_theme_override=NO",
             "--VoilaConfiguration.show_tracebacks=False", "--VoilaConfiguration.strip_sources=True",
-            "--VoilaExecutor.timeout=120",
+            f"--VoilaExecutor.timeout={int(settings.dashboard_cell_timeout)}",
             # With preheating, one kernel waits with the notebook's request-independent part
             # already run (dashboard.prepare); the page's own part runs when the request arrives.
-            f"--VoilaConfiguration.preheat_kernel={preheat}", f"--VoilaConfiguration.default_pool_size={int(preheat)}",
-            "--MappingKernelManager.cull_idle_timeout=900", "--MappingKernelManager.cull_interval=60",
-            "--MappingKernelManager.cull_connected=False"]
+            f"--VoilaConfiguration.preheat_kernel={preheat}", f"--VoilaConfiguration.default_pool_size={int(preheat)}"]
 
 
 def voila_env(base: dict | None = None) -> dict:

@@ -657,14 +657,17 @@ def _age_days(instant, today: dt.date, tz) -> int | None:
 
 
 def freshness(bind, settings=None) -> dict:
-    """Latest refresh (etl_runs), latest validation (validation_runs) and the current model
-    (model_runs, and outputs/model/metrics.json when present), each with its age in days."""
+    """Latest refresh or load of the data (etl_runs), latest validation (validation_runs) and the
+    current model (model_runs, and outputs/model/metrics.json when present), each with its age in
+    days."""
     settings = settings or get_settings()
     today = today_local(settings.clinic_tz)
     out: dict = {"etl": None, "etl_ok": None, "validation": None, "model": None, "metrics": None}
     with _connect(bind) as conn:
-        out["etl"] = _latest(conn, "etl_runs", "run_id")
-        out["etl_ok"] = _latest(conn, "etl_runs", "run_id", "WHERE status = 'ok'")
+        # the data's refresh: other jobs (the callback list, reminders) log in etl_runs too
+        data_jobs = "job IN ('refresh', 'load', 'import-noshow')"
+        out["etl"] = _latest(conn, "etl_runs", "run_id", f"WHERE {data_jobs}")
+        out["etl_ok"] = _latest(conn, "etl_runs", "run_id", f"WHERE {data_jobs} AND status = 'ok'")
         out["validation"] = _latest(conn, "validation_runs", "run_id")
         out["model"] = _latest(conn, "model_runs", "run_id")
     for key, col in (("etl", "finished_at"), ("etl_ok", "finished_at"), ("validation", "finished_at"),
