@@ -24,8 +24,9 @@ Voila itself, with these changes made before it starts (docs/dashboard.md tells 
   at once, beyond that a polite "busy, retry in a minute" page (HTTP 503 with Retry-After, and it
   retries by itself); a kernel whose page is gone (no browser connection for
   ``closed_page_seconds``) or that saw no use for ``CLINIC_DASHBOARD_IDLE_MINUTES`` is shut
-  down. Voila's own "shut down on page close" (a beacon sent on ``beforeunload``) still works;
-  this catches the pages that never send it (a phone putting the browser away, a crash).
+  down. Voila's own "shut down on page close" (a beacon the page sends on ``beforeunload``)
+  works once the page has its ``_xsrf`` cookie, which this sets; the reaper catches the pages
+  that never send it (a phone putting the browser away, a crash).
 """
 from __future__ import annotations
 
@@ -256,6 +257,10 @@ def install_visitor_gate(gate: VisitorGate) -> None:
             self.set_header("Cache-Control", "no-store")
             self.finish(busy_page(gate))
             return
+        # The page's "shut my kernel down" beacon (sent when the tab closes) carries the _xsrf
+        # cookie, which Voila's page never set: the server refused every beacon (403) and each
+        # visit's kernel stayed until culled. Reading xsrf_token sets the cookie with this response.
+        self.xsrf_token
         try:
             return await original_get(self, path)
         finally:
