@@ -376,6 +376,7 @@ class View:
     outstanding_by_physio: object = None
     summary: kpis.Summary | None = None
     frames: kpis.Frames | None = None
+    physios_in_period: set | None = None  # rostered or booked in the range (None: unknown)
 
 
 def _outstanding_for(frame, physio):
@@ -420,6 +421,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     cards = ""
     out = None
     pending = None
+    present = None
     if outstanding_by_physio is None:
         # The one query over the whole history runs on its own connection while the range
         # queries below run here (SQLite and psycopg release the GIL while they work).
@@ -437,6 +439,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     try:
         frames = kpis.frames_covering(engine, frames, win_start, win_end, as_of)
         roster = kpis.roster_minutes(engine, start, end)
+        present = physios_in_period(frames, roster, start, end)
         current = kpis.summary_from(frames, roster, start, end, physio)
         previous = kpis.summary_from(frames, kpis.roster_minutes(engine, prev_start, prev_end),
                                      prev_start, prev_end, physio)
@@ -469,7 +472,16 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     if current is not None:
         cards = cards_html(current, previous, label)
     order = ("activity", "show_rate", "revenue", "utilization", "outstanding", "risk")
-    return View(cards, {k: figures[k] for k in order if k in figures}, outstanding_by_physio, current, frames)
+    return View(cards, {k: figures[k] for k in order if k in figures}, outstanding_by_physio, current, frames,
+                present)
+
+
+def physios_in_period(frames: kpis.Frames, roster, start: dt.date, end: dt.date) -> set[int]:
+    """The physios the filter offers for a range: rostered on some day of it or booked in it (a
+    physio who left is offered for the periods they worked only)."""
+    d = frames.daily
+    booked = d[(d["local_date"] >= start) & (d["local_date"] <= end) & d["physio_id"].notna() & (d["bookings"] > 0)]
+    return {int(p) for p in roster["physio_id"]} | {int(p) for p in booked["physio_id"]}
 
 
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
@@ -603,6 +615,7 @@ class Dashboard:
             view = compute(self.state.engine, start, end, physio, self.as_of, self._outstanding,
                            self._frames_for(*window(start, end)))
             self._outstanding, self._frames = view.outstanding_by_physio, view.frames
+            self._offer_physios(view.physios_in_period)
             self.cards.value = view.cards_html
             for name, fig in view.figures.items():
                 self._show(name, fig)
@@ -611,6 +624,16 @@ class Dashboard:
         finally:
             self._busy = False
             self._set_status("ready", f"Updated in {time.perf_counter() - t0:.2f} s")
+
+    def _offer_physios(self, present: set | None) -> None:
+        """The physio filter lists the physios of the range (and the one chosen, whatever it is)."""
+        if present is None:
+            return
+        chosen = self.physio.value
+        options = [("All physios", ALL)] + [(n, i) for n, i in self.state.physios if i in present or i == chosen]
+        if list(self.physio.options) != options:
+            self.physio.options = options  # inside refresh(): the observers see _busy and return
+            self.physio.value = chosen
 
     def fetch_ahead(self):
         """Fetch the frames of likely_window in a thread while the owner reads the first page

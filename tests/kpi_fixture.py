@@ -116,7 +116,7 @@ def load(engine: sa.Engine) -> None:
 
     with db.begin_write(engine) as conn:
         upsert(conn, "physios", full("physios", physios))
-        upsert(conn, "physio_hours", full("physio_hours", hours))
+        conn.execute(db.physio_hours.insert(), full("physio_hours", hours).to_dict("records"))
         upsert(conn, "patients", full("patients", patients))
         upsert(conn, "appointments", full("appointments", appts))
         upsert(conn, "payments", full("payments", pays))
