@@ -221,6 +221,20 @@ def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):
         _wait_ready(page, 4)
         assert _cards(page) == _expected(engine, DAY, "2026-03-30", physio=1)
 
+        # Cleo left in February (kpi_fixture: her roster ends 02-28): the filter does not offer her
+        # for March and the utilization chart does not list her; from 02-16 on she is in both.
+        def offered():
+            return page.eval_on_selector_all(".physio-filter select option",
+                                             "els => els.map(e => e.textContent.replace(/\\u00a0/g, ' '))")
+        assert "Cleo Clausen" not in offered() and "Anna Alt" in offered()
+        page.select_option(".physio-filter select", label="All physios")
+        _wait_ready(page, 5)
+        assert "Cleo" not in page.text_content(".chart-utilization")
+        page.fill(".start-filter input", "2026-02-16")
+        _wait_ready(page, 6)
+        assert "Cleo Clausen" in offered() and "Cleo Clausen" in page.text_content(".chart-utilization")
+        assert _cards(page) == _expected(engine, "2026-02-16", "2026-03-30")
+
         # The template refuses the plotly renderer's hidden PNG copies of the charts (index.html.j2),
         # silently, and a chart's own "Download plot as a png" still gives the PNG.
         page.hover(".chart-outstanding .js-plotly-plot")

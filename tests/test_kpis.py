@@ -108,6 +108,20 @@ def test_utilization_table(clinic):
     assert u.loc[2, ["rostered_minutes", "booked_minutes", "attended_minutes"]].tolist() == [480, 210, 120]
     assert u.loc[1, "booked_utilization"] == pytest.approx(0.375)
     assert u.loc[2, "attended_utilization"] == pytest.approx(0.25)
+    assert 3 not in u.index  # Cleo left in February: no roster in March, not on the chart
+
+
+def test_rostered_minutes_follow_the_roster_of_each_day(clinic):
+    # 2026-02-16 .. 03-08: Anna's Mondays 02-16, 02-23, 03-02 (3 x 480) and Sundays 02-22, 03-01,
+    # 03-08 (3 x 240); Ben's Saturdays 02-21, 02-28, 03-07 and Sundays (6 x 240); Cleo's Mondays
+    # up to 02-28 only: 02-16 and 02-23 (2 x 240), not 03-02
+    r = kpis.roster_minutes(clinic, "2026-02-16", "2026-03-08").set_index("physio_id")["rostered_minutes"]
+    assert r.to_dict() == {1: 2160, 2: 1440, 3: 480}
+    # Monday 03-30 (in S..E): Anna's 480, nothing of Cleo's
+    assert kpis.roster_minutes(clinic, "2026-03-30").set_index("physio_id")["rostered_minutes"].to_dict() == {1: 480}
+    # her last month: her no-show of 02-23 against her two Mondays
+    u = kpis.utilization(clinic, "2026-02-16", "2026-02-28", physio_id=3, as_of=AS_OF).set_index("physio_id")
+    assert u.loc[3, ["rostered_minutes", "booked_minutes", "attended_minutes"]].tolist() == [480, 60, 0]
 
 
 def test_dst_days(clinic):
