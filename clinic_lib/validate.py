@@ -43,6 +43,8 @@ from clinic_lib.validation.checks import CATALOGUE, DB, DROP, ERROR, for_scope
 from clinic_lib.core.config import get_settings
 from clinic_lib.ingest.drop_format import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
 from clinic_lib.ingest.refresh import VERSIONED_TABLES, newer_in_database
+from clinic_lib.core.roster import apply_drop, read_blocks
+from clinic_lib.core.roster import as_frame as roster_frame
 from clinic_lib.core.errors import CannotRun, UserError
 from clinic_lib.core.timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
 
@@ -930,13 +932,17 @@ def _validate_drop(report: Report, folder: Path, engine, tz, day: dt.date, allow
                     frame = staged[table]
                     staged[table] = frame[~newer_in_database(conn, table, frame, day_text).to_numpy()]
             _drop_sql_checks(conn, report, staged, params)
-            hours = pd.read_sql(sa.text("SELECT physio_id, weekday, start_time, end_time FROM physio_hours"), conn)
+            blocks = read_blocks(conn)
         finally:
             trans.rollback()  # the TEMP tables go with it: nothing of the drop stays in the database
     if "appointments" in staged:
-        if "physio_hours" in staged:
-            hours = pd.concat([hours[~hours["physio_id"].isin(staged["physio_hours"]["physio_id"].dropna().astype("int64"))],
-                               staged["physio_hours"][["physio_id", "weekday", "start_time", "end_time"]]])
+        # the roster as the refresh will leave it: the drop's hours from this day on, and none
+        # after this day for the physios it marks as gone (roster.py)
+        hours = staged.get("physio_hours")
+        if hours is not None:
+            hours = hours.dropna(subset=["physio_id", "weekday"])
+        blocks.update(apply_drop(blocks, day, hours, _leavers(frames.get("physios"))))
+        hours = roster_frame(blocks)
         a = staged["appointments"]
         out = roster_outside(a[a["status"].isin(ACTIVE) & (a["local_date"].astype(str) >= day_text)], hours)
         if len(out):
@@ -945,6 +951,14 @@ def _validate_drop(report: Report, folder: Path, engine, tz, day: dt.date, allow
                  "appointment_id": r.appointment_id, "physio_id": r.physio_id, "local_date": r.local_date,
                  "local_start": r.local_start, "local_end": r.local_end} for r in out.head(MAX_EXAMPLES).itertuples()],
                 count=len(out))
+
+
+def _leavers(physios) -> list[int]:
+    """The physios a drop's physios.csv marks inactive."""
+    if physios is None or "active" not in physios:
+        return []
+    ids, active = _ids(physios, "physio_id"), _strip(physios["active"])
+    return [int(i) for i in ids[(active == "0") & ids.notna()]]
 
 
 def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
@@ -1121,9 +1135,15 @@ def _grouped(conn, report, check_id, sql, params, file, column) -> None:
         report.add(check_id, [_example(r, file, column) for r in rows], count=n)
 
 
+def _day_text(values: pd.Series) -> pd.Series:
+    """Dates (text, date objects or missing) as 'YYYY-MM-DD' text or None, for comparing."""
+    return values.map(lambda v: None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)[:10])
+
+
 def roster_outside(appts: pd.DataFrame, hours: pd.DataFrame) -> pd.DataFrame:
-    """Appointments (with local_weekday/local_start/local_end) that fit in no roster block of their
-    physio; physios without any roster row are skipped. Vectorised (merge), no row loop."""
+    """Appointments (with local_weekday/local_start/local_end, and local_date) that fit in no
+    roster block of their physio holding on their day (valid_from .. valid_to, when ``hours``
+    has them); physios without any roster row are skipped. Vectorised (merge), no row loop."""
     if appts.empty or hours.empty:
         return appts.iloc[0:0]
     a = appts[appts["physio_id"].notna() & appts["local_weekday"].notna()].copy()
@@ -1132,10 +1152,14 @@ def roster_outside(appts: pd.DataFrame, hours: pd.DataFrame) -> pd.DataFrame:
     if a.empty:
         return a
     a["_k"] = np.arange(len(a))
-    m = a[["_k", "physio_id", "local_weekday", "local_start", "local_end"]].astype(
+    dated = "valid_from" in h.columns and "local_date" in a.columns
+    m = a[["_k", "physio_id", "local_weekday", "local_start", "local_end"] + (["local_date"] if dated else [])].astype(
         {"physio_id": "int64", "local_weekday": "int64"}).merge(
         h, left_on=["physio_id", "local_weekday"], right_on=["physio_id", "weekday"], how="inner")
     fits = (m["start_time"].astype(str) <= m["local_start"].astype(str)) & (m["local_end"].astype(str) <= m["end_time"].astype(str))
+    if dated:
+        day, first, last = _day_text(m["local_date"]), _day_text(m["valid_from"]), _day_text(m["valid_to"])
+        fits &= (first.isna() | (first <= day)).astype(bool) & (last.isna() | (last >= day)).astype(bool)
     inside = set(m.loc[fits, "_k"])
     return a[~a["_k"].isin(inside)].drop(columns="_k")
 
@@ -1286,7 +1310,7 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
     tasks.append(small_tables)
 
     def roster(conn, out: Report):
-        hours = pd.read_sql(sa.text("SELECT physio_id, weekday, start_time, end_time FROM physio_hours"), conn)
+        hours = roster_frame(read_blocks(conn))
         if hours.empty:
             return
         a = pd.read_sql(sa.text(f"""SELECT appointment_id, physio_id, appt_start, appt_end, local_date

@@ -1,10 +1,12 @@
 """A tiny clinic with hand-computed KPIs (used by test_kpis.py and the browser test).
 
-Two physios, seven patients, the week of the spring DST change in Europe/Berlin
+Two physios and one who left, eight patients, the week of the spring DST change in Europe/Berlin
 (Sunday 2026-03-29: 02:00 -> 03:00, a 23 h day) plus one autumn case (2026-10-25, 25 h).
 
 Roster (local wall-clock): physio 1 "Anna Alt": Monday 08:00-12:00 + 13:00-17:00 (480 min),
-Sunday 08:00-12:00 (240); physio 2 "Ben Berg": Saturday 09:00-13:00 (240), Sunday 10:00-14:00 (240).
+Sunday 08:00-12:00 (240); physio 2 "Ben Berg": Saturday 09:00-13:00 (240), Sunday 10:00-14:00 (240);
+physio 3 "Cleo Clausen" (left, active 0): Monday 08:00-12:00 up to 2026-02-28 only, so no roster
+in March (a roster without history would add her 240 minutes to every Monday after).
 
 Appointments (local times; id: patient, start-end, status, price, booked_at, notes)
 physio 1
@@ -31,6 +33,8 @@ physio 2
  206 p3 2026-04-12 10:00-11:00 +02 booked 2026-03-30 12:00 +02 (25 h after 202 ended: too late)
  207 p6 2026-03-31 09:00-10:00 +02 completed 70.00 unpaid, booked 2026-03-28 10:00 +01
                                   (= the moment visit 201 ended: 201 is rebooked; age 30: 0-30)
+physio 3
+ 401 p8 2026-02-23 09:00-10:00 +01 no_show, no price (her last appointment)
 Risk scores: 106 high (day 03-29) then low (day 03-30): latest = low; 107 none.
 """
 from __future__ import annotations
@@ -79,27 +83,28 @@ APPOINTMENTS = [
     (205, 3, 2, "2026-04-05T10:00:00+02:00", "2026-04-05T11:00:00+02:00", "2026-03-29T11:30:00+02:00", "canceled", "2026-03-29T20:00:00+02:00", 70),
     (206, 3, 2, "2026-04-12T10:00:00+02:00", "2026-04-12T11:00:00+02:00", "2026-03-30T12:00:00+02:00", "booked", None, 70),
     (207, 6, 2, "2026-03-31T09:00:00+02:00", "2026-03-31T10:00:00+02:00", "2026-03-28T10:00:00+01:00", "completed", None, 70),
+    (401, 8, 3, "2026-02-23T09:00:00+01:00", "2026-02-23T10:00:00+01:00", "2026-02-16T09:00:00+01:00", "no_show", None, None),
 ]
 PAYMENTS = [  # id, appointment, euros, paid_at
     (1, 101, 60, "2026-03-29T10:00:00+02:00"),
     (2, 102, 30, "2026-03-29T10:50:00+02:00"),
     (3, 202, 70, "2026-05-05T10:00:00+02:00"),
 ]
-ROSTER = [(1, 0, "08:00", "12:00"), (1, 0, "13:00", "17:00"), (1, 6, "08:00", "12:00"),
-          (2, 5, "09:00", "13:00"), (2, 6, "10:00", "14:00")]
-PHYSIOS = [(1, "Anna Alt", 1), (2, "Ben Berg", 1)]
+ROSTER = [(1, 0, "08:00", "12:00", None), (1, 0, "13:00", "17:00", None), (1, 6, "08:00", "12:00", None),
+          (2, 5, "09:00", "13:00", None), (2, 6, "10:00", "14:00", None), (3, 0, "08:00", "12:00", "2026-02-28")]
+PHYSIOS = [(1, "Anna Alt", 1), (2, "Ben Berg", 1), (3, "Cleo Clausen", 0)]
 
 
 def load(engine: sa.Engine) -> None:
     """Insert the fixture (one transaction) into a migrated, empty database."""
     created = "2025-12-01T09:00:00+00:00"
     patients = pd.DataFrame({
-        "patient_id": range(1, 8), "first_name": [f"P{i}" for i in range(1, 8)],
-        "last_name": ["Test"] * 7, "phone": ["+4930123456"] * 7, "email": [None] * 7,
-        "consent_form_received": [1] * 7, "reminder_consent": [0] * 7, "date_of_birth": [None] * 7,
-        "gender": [None] * 7, "created_at": [created] * 7})
+        "patient_id": range(1, 9), "first_name": [f"P{i}" for i in range(1, 9)],
+        "last_name": ["Test"] * 8, "phone": ["+4930123456"] * 8, "email": [None] * 8,
+        "consent_form_received": [1] * 8, "reminder_consent": [0] * 8, "date_of_birth": [None] * 8,
+        "gender": [None] * 8, "created_at": [created] * 8})
     physios = pd.DataFrame(PHYSIOS, columns=["physio_id", "full_name", "active"])
-    hours = pd.DataFrame(ROSTER, columns=["physio_id", "weekday", "start_time", "end_time"])
+    hours = pd.DataFrame(ROSTER, columns=["physio_id", "weekday", "start_time", "end_time", "valid_to"])
     appts = pd.DataFrame([{
         "appointment_id": a, "patient_id": p, "physio_id": ph, "appt_start": _utc(s), "appt_end": _utc(e),
         "booked_at": _utc(b), "status": st, "canceled_at": _utc(c),
@@ -116,7 +121,8 @@ def load(engine: sa.Engine) -> None:
 
     with db.begin_write(engine) as conn:
         upsert(conn, "physios", full("physios", physios))
-        upsert(conn, "physio_hours", full("physio_hours", hours))
+        conn.execute(db.physio_hours.insert(), [{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                                                for r in full("physio_hours", hours).to_dict("records")])
         upsert(conn, "patients", full("patients", patients))
         upsert(conn, "appointments", full("appointments", appts))
         upsert(conn, "payments", full("payments", pays))

@@ -17,6 +17,12 @@ S, E = fx.RANGE
 AS_OF = fx.AS_OF
 
 
+def card_text(cards_html: str, key: str) -> str:
+    """The value a card shows, from the cards' HTML."""
+    import re
+    return re.search(r'class="kpi-value[^"]*">([^<]*)</div>', cards_html.split(f'data-kpi="{key}"')[1]).group(1)
+
+
 @pytest.fixture
 def clinic(engine, monkeypatch):
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
@@ -103,6 +109,20 @@ def test_utilization_table(clinic):
     assert u.loc[2, ["rostered_minutes", "booked_minutes", "attended_minutes"]].tolist() == [480, 210, 120]
     assert u.loc[1, "booked_utilization"] == pytest.approx(0.375)
     assert u.loc[2, "attended_utilization"] == pytest.approx(0.25)
+    assert 3 not in u.index  # Cleo left in February: no roster in March, not on the chart
+
+
+def test_rostered_minutes_follow_the_roster_of_each_day(clinic):
+    # 2026-02-16 .. 03-08: Anna's Mondays 02-16, 02-23, 03-02 (3 x 480) and Sundays 02-22, 03-01,
+    # 03-08 (3 x 240); Ben's Saturdays 02-21, 02-28, 03-07 and Sundays (6 x 240); Cleo's Mondays
+    # up to 02-28 only: 02-16 and 02-23 (2 x 240), not 03-02
+    r = kpis.roster_minutes(clinic, "2026-02-16", "2026-03-08").set_index("physio_id")["rostered_minutes"]
+    assert r.to_dict() == {1: 2160, 2: 1440, 3: 480}
+    # Monday 03-30 (in S..E): Anna's 480, nothing of Cleo's
+    assert kpis.roster_minutes(clinic, "2026-03-30").set_index("physio_id")["rostered_minutes"].to_dict() == {1: 480}
+    # her last month: her no-show of 02-23 against her two Mondays
+    u = kpis.utilization(clinic, "2026-02-16", "2026-02-28", physio_id=3, as_of=AS_OF).set_index("physio_id")
+    assert u.loc[3, ["rostered_minutes", "booked_minutes", "attended_minutes"]].tolist() == [480, 60, 0]
 
 
 def test_dst_days(clinic):
@@ -191,7 +211,7 @@ def test_dashboard_compute_matches_kpis(clinic):
     assert view.summary == s
     for key, *_ in dashboard.CARDS:
         assert f'data-kpi="{key}"' in view.cards_html
-        assert f'<div class="kpi-value">{dashboard.card_value(key, s)}</div>' in view.cards_html
+        assert card_text(view.cards_html, key) == dashboard.card_value(key, s)
     assert dashboard.card_value("show_rate", s) == "75.0 %"
     assert dashboard.card_value("outstanding_cents", s) == "€475.00"
     # The outstanding snapshot is reused on a filter change.
@@ -244,7 +264,7 @@ def test_dashboard_fetches_the_likely_ranges_ahead(clinic):
     s = kpis.summary(clinic, "2026-03-02", "2026-03-31", as_of=AS_OF)
     assert s.bookings == 12  # the 11 of 03-28 .. 03-30 (test_range_all_physios) and 207 on 03-31
     for key, *_ in dashboard.CARDS:
-        assert f'<div class="kpi-value">{dashboard.card_value(key, s)}</div>' in app.cards.value, key
+        assert card_text(app.cards.value, key) == dashboard.card_value(key, s), key
 
 
 def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url, monkeypatch):
@@ -269,8 +289,8 @@ def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url,
     assert true.outstanding_cents > 0
 
     def card(page, key):
-        cards = page.children[4].value  # header, filters, status, note, cards, charts, freshness
-        return cards.split(f'data-kpi="{key}"')[1].split('<div class="kpi-value">')[1].split("</div>")[0]
+        cards = next(c.value for c in page.children if 'data-kpi=' in getattr(c, "value", ""))
+        return card_text(cards, key)
     reused = dashboard.build(day="2026-03-29", query_string="", warm=marked_warm)
     assert card(reused, "outstanding_cents") == dashboard.format_value("money", true.outstanding_cents * 1000)
     assert card(reused, "bookings") == dashboard.card_value("bookings", true)

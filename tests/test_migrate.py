@@ -246,8 +246,14 @@ def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
     assert after["users"] == []
     assert [row[:5] + row[5:] for row in after["call_outcomes"]] == \
         [row + (None,) for row in before["call_outcomes"]]  # the old rows, recorded_by NULL
-    assert {t: rows for t, rows in after.items() if t not in ("schema_version", "users", "call_outcomes")} == \
-        {t: rows for t, rows in before.items() if t not in ("schema_version", "call_outcomes")}
+    unchanged = ("schema_version", "users", "call_outcomes", "physio_hours")
+    assert {t: rows for t, rows in after.items() if t not in unchanged} == \
+        {t: rows for t, rows in before.items() if t not in unchanged}
+    # migration 4: the inactive physio 3 has no appointment, so its Saturday block ends the day
+    # before the data's first (2026-02-02); the others stay open-ended
+    ended = [(3, 5, "09:00", "12:00", None, "2026-02-01")]
+    assert [r[:4] + (r[4], r[5] and str(r[5])) for r in after["physio_hours"]] == \
+        [r for r in before["physio_hours"] if r[0] != 3] + ended
     from clinic_lib.reception import users
     anna = users.add_user(engine, "anna", "anna's evening password")
     with db.begin_write(engine) as conn:
@@ -308,3 +314,60 @@ def test_version_3_database_gains_monitoring_and_the_holdout_flag(db_url):
     with pytest.raises(sa.exc.IntegrityError):  # a flag: 0 or 1
         with db.begin_write(engine) as conn:
             conn.exec_driver_sql("UPDATE priorities SET holdout = 2")
+
+
+# physio_hours as versions 1 to 3 made it: a weekly roster without history, keyed by its block
+VERSION_3_PHYSIO_HOURS = sa.Table(
+    "physio_hours", sa.MetaData(),
+    sa.Column("physio_id", db.Id, primary_key=True),
+    sa.Column("weekday", sa.SmallInteger, primary_key=True),
+    sa.Column("start_time", sa.String(5), primary_key=True),
+    sa.Column("end_time", sa.String(5), nullable=False),
+)
+
+
+def test_roster_history_arrives_after_versions_5_and_7(db_url):
+    """Migration 4 (roster history) reaches a database that already has 5 and 7: its blocks stay,
+    open-ended, except the blocks of a physio who has left, which end on the day of their last
+    appointment; afterwards a block may hold twice over different days."""
+    import reception_data
+    from clinic_lib.core.migrate import applied_versions
+    engine = db.make_engine(db_url)
+    migrate(engine)
+    reception_data.load_clinic(engine)
+    with db.begin_write(engine) as conn:  # put physio_hours back into version 3's shape
+        rows = [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT physio_id, weekday, start_time, end_time FROM physio_hours ORDER BY 1, 2, 3")]
+        conn.exec_driver_sql("DROP TABLE physio_hours")
+        VERSION_3_PHYSIO_HOURS.create(conn)
+        conn.execute(VERSION_3_PHYSIO_HOURS.insert(), [dict(zip(("physio_id", "weekday", "start_time", "end_time"), r))
+                                                        for r in rows])
+        # physio 2 left after a last appointment on 2026-02-10
+        conn.exec_driver_sql("UPDATE physios SET active = 0 WHERE physio_id = 2")
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 4")
+    with engine.connect() as conn:
+        assert applied_versions(conn) == set(ALL_VERSIONS) - {4}
+        last_of_2 = conn.exec_driver_sql("SELECT MAX(local_date) FROM appointments WHERE physio_id = 2").scalar()
+    assert str(last_of_2) == "2026-03-30"
+
+    assert migrate(engine) == [4]
+    assert migrate(engine) == []
+
+    with engine.connect() as conn:
+        after = [(p, w, s, e, f and str(f), t and str(t)) for p, w, s, e, f, t in conn.exec_driver_sql(
+            "SELECT physio_id, weekday, start_time, end_time, valid_from, valid_to FROM physio_hours ORDER BY 1, 2, 3")]
+        assert applied_versions(conn) == set(ALL_VERSIONS)
+    expected = {1: None, 2: "2026-03-30", 3: "2026-02-01"}  # 3 never had an appointment: before the data's first day
+    assert after == [(p, w, s, e, None, expected[p]) for p, w, s, e in rows]
+    # the same block may now start again on a later day (a roster with history), but not twice on one day
+    with db.begin_write(engine) as conn:
+        conn.execute(db.physio_hours.insert().values(physio_id=1, weekday=0, start_time="08:00", end_time="12:00",
+                                                     valid_from="2026-04-06"))
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.begin_write(engine) as conn:
+            conn.execute(db.physio_hours.insert().values(physio_id=1, weekday=0, start_time="08:00", end_time="13:00"))
+    with pytest.raises(sa.exc.IntegrityError):  # a block's days run forwards
+        with db.begin_write(engine) as conn:
+            conn.execute(db.physio_hours.insert().values(physio_id=1, weekday=1, start_time="08:00", end_time="13:00",
+                                                         valid_from="2026-04-06", valid_to="2026-04-05"))
+    engine.dispose()

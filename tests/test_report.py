@@ -61,3 +61,45 @@ def test_report_has_each_step_in_run_order_without_code(tmp_path):
 def test_report_of_an_empty_run_folder(tmp_path):
     path = render_run_report(tmp_path)
     assert "No step notebooks" in path.read_text(encoding="utf-8")
+
+
+def test_report_tables_read_plainly_and_the_backfill_has_status_and_time(tmp_path):
+    """A step's table with a missing phone shows an empty cell, not NaN, and no pandas row numbers;
+    the backfill notebook (papermill-executed, as the runner does) gets its status and seconds
+    from papermill's record, as state.json names it only as where the days' steps ran."""
+    import papermill
+
+    run = tmp_path / "runs" / "2026-03-29"
+    run.mkdir(parents=True)
+    source = tmp_path / "backfill_source.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("import pandas as pd\n"
+                                          "pd.DataFrame({'day': ['2026-03-27', '2026-03-28'], 'rows_written': [12, 9]})")]
+    nbformat.write(nb, source)
+    backfill = run / "00_backfill_2026-03-27_2026-03-28.ipynb"
+    papermill.execute_notebook(str(source), str(backfill), kernel_name="python3", progress_bar=False)
+    _executed(run / "05_priorities.ipynb", [
+        "import pandas as pd\n"
+        "pd.DataFrame({'patient_name': ['Alice Adler', 'Bruno Brandt'], 'phone': ['+49 30 1234567', None],"
+        " 'risk_score': [0.41, float('nan')]})",
+        # a named index is content, not row numbers: it stays
+        "import pandas as pd\npd.DataFrame({'rows': [3]}, index=pd.Index(['validate'], name='step'))"])
+    (run / "state.json").write_text(json.dumps({"steps": {
+        "validate": {"status": "ok", "in": backfill.name}, "refresh": {"status": "ok", "in": backfill.name},
+        "priorities": {"status": "ok", "seconds": 1.2}}}))
+
+    text = render_run_report(run).read_text(encoding="utf-8")
+
+    seconds = json.loads(backfill.read_text())["metadata"]["papermill"]["duration"]
+    row = re.search(r"<td><a href=\"#00_backfill_2026-03-27_2026-03-28\">[^<]*</a></td>\s*<td>([^<]*)</td>\s*"
+                    r"<td>([^<]*)</td>", text)
+    assert row and row.group(1) == "ok" and float(row.group(2)) == round(seconds, 2), text[:3000]
+    assert "00_backfill_2026-03-27_2026-03-28 — ok" in text
+    listing = text[text.index('id="05_priorities"'):]
+    assert "Bruno Brandt" in listing and "+49 30 1234567" in listing
+    assert "NaN" not in listing and "None" not in listing and "&lt;NA&gt;" not in listing
+    table = listing[:listing.index("</table>")]
+    assert not re.search(r"<th>\s*[01]\s*</th>", table)  # no row numbers 0, 1
+    assert table.count("<td></td>") == 2  # the missing phone and risk score, as empty cells
+    assert re.search(r"<th>\s*validate\s*</th>", listing)  # the named index stays

@@ -75,8 +75,11 @@ class Settings:
     # Validation gate
     payment_max_factor: float = 3.0  # more paid than this times the price is flagged (a warning)
     phone_region: str = "DE"  # region for phone numbers written without +country
-    # Dashboard
+    # Dashboard (docs/dashboard.md): each visitor's page has its own kernel (~200 MB)
     dashboard_port: int = 8866
+    dashboard_max_visitors: int = 4  # visitors' kernels at once; one more gets a "busy" page
+    dashboard_idle_minutes: float = 10.0  # a visitor's kernel ends after this long without use
+    dashboard_cell_timeout: float = 120.0  # seconds a page's own work may take once a visitor came
     # Reception's screen: sign-in sessions
     secret_key: str | None = None  # None: generated once into <data_dir>/secret_key
     session_idle_minutes: float = 30.0
@@ -188,6 +191,12 @@ def get_settings() -> Settings:
         payment_max_factor=float(env.get("PAYMENT_MAX_FACTOR") or 3),
         phone_region=(env.get("PHONE_REGION") or "DE").upper(),
         dashboard_port=int(env.get("CLINIC_DASHBOARD_PORT") or 8866),
+        dashboard_max_visitors=int(_number(env, "CLINIC_DASHBOARD_MAX_VISITORS", 4, 1, 1000,
+                                           "the dashboard's visitors at once (one kernel each)")),
+        dashboard_idle_minutes=_number(env, "CLINIC_DASHBOARD_IDLE_MINUTES", 10.0, 0.1, 24 * 60,
+                                       "the minutes without use after which a visitor's kernel ends"),
+        dashboard_cell_timeout=_number(env, "CLINIC_DASHBOARD_CELL_TIMEOUT", 120.0, 5, 3600,
+                                       "the seconds a page's own work may take"),
         secret_key=env.get("CLINIC_SECRET_KEY") or None,
         session_idle_minutes=float(env.get("CLINIC_SESSION_IDLE_MINUTES") or 30),
         https=(env.get("CLINIC_HTTPS") or "0").strip().lower() in ("1", "true", "yes", "on"),

@@ -131,17 +131,26 @@ physios = sa.Table(
     _written_by_a_drop("physios"),
 )
 
-# The weekly roster: one row per block of work (a break splits a day into two blocks).
-# Times are clinic-local wall-clock times 'HH:MM', so a roster means the same hours across DST.
+# The weekly roster with its history (roster.py): one row per block of work (a break splits a
+# day into two blocks) and the days it holds for, valid_from .. valid_to (both included; NULL:
+# unbounded on that side). Times are clinic-local wall-clock times 'HH:MM', so a roster means
+# the same hours across DST. No primary key: a block is identified by physio, weekday, start and
+# the day it starts, which may be NULL (the unique index reads NULL as the earliest day).
 physio_hours = sa.Table(
     "physio_hours", metadata,
-    sa.Column("physio_id", Id, sa.ForeignKey("physios.physio_id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("weekday", sa.SmallInteger, primary_key=True),  # 0 = Monday .. 6 = Sunday
-    sa.Column("start_time", sa.String(5), primary_key=True),
+    sa.Column("physio_id", Id, sa.ForeignKey("physios.physio_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("weekday", sa.SmallInteger, nullable=False),  # 0 = Monday .. 6 = Sunday
+    sa.Column("start_time", sa.String(5), nullable=False),
     sa.Column("end_time", sa.String(5), nullable=False),
+    sa.Column("valid_from", Day),  # the first day the block holds; NULL: since before the data
+    sa.Column("valid_to", Day),  # the last day it holds; NULL: open-ended
     sa.CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_physio_hours_weekday"),
     sa.CheckConstraint("end_time > start_time", name="ck_physio_hours_end_after_start"),
+    sa.CheckConstraint("valid_from IS NULL OR valid_to IS NULL OR valid_to >= valid_from",
+                       name="ck_physio_hours_valid_days"),
 )
+sa.Index("ux_physio_hours_block", physio_hours.c.physio_id, physio_hours.c.weekday, physio_hours.c.start_time,
+         sa.func.coalesce(physio_hours.c.valid_from, sa.text("'0001-01-01'")), unique=True)
 
 appointments = sa.Table(
     "appointments", metadata,
@@ -526,6 +535,11 @@ def content_hash(engine: sa.Engine, tables=DATA_TABLES) -> str:
             pk = [c for c in table.primary_key.columns]
             columns = [c for c in table.columns if c.name not in RUN_TIMESTAMP_COLUMNS]
             h.update(name.encode())
-            for row in conn.execute(sa.select(*columns).order_by(*pk)):
-                h.update(repr(tuple(norm(v) for v in row)).encode())
+            if pk:
+                rows = (tuple(norm(v) for v in row) for row in conn.execute(sa.select(*columns).order_by(*pk)))
+            else:  # a small table without a key (physio_hours): sorted here, where NULLs sort the same everywhere
+                rows = sorted((tuple(norm(v) for v in row) for row in conn.execute(sa.select(*columns))),
+                              key=lambda r: tuple((v is not None, "" if v is None else str(v)) for v in r))
+            for row in rows:
+                h.update(repr(row).encode())
     return h.hexdigest()

@@ -266,6 +266,26 @@ def _migration_3(conn: sa.Connection) -> None:
                 current[name].create(conn)
 
 
+def _migration_4(conn: sa.Connection) -> None:
+    """Roster history: physio_hours gains valid_from and valid_to (roster.py), and its primary key
+    (physio, weekday, start) gives way to a unique index that includes the day a block starts.
+
+    The existing blocks stay and hold open-ended, except those of physios who have already left
+    (active 0): they end on the day of the physio's last appointment, so the days after no longer
+    count them. Migration 1 creates today's table: then only that last step runs (on no rows).
+    """
+    from clinic_lib.core.roster import end_leavers_rosters
+    if "valid_from" not in {c["name"] for c in sa.inspect(conn).get_columns("physio_hours")}:
+        # No database alters a primary key in place on both SQLite and Postgres: the table is
+        # made anew under its name and the blocks are copied into it.
+        conn.exec_driver_sql("ALTER TABLE physio_hours RENAME TO physio_hours_before_history")
+        db.physio_hours.create(conn)
+        conn.exec_driver_sql("INSERT INTO physio_hours (physio_id, weekday, start_time, end_time) "
+                             "SELECT physio_id, weekday, start_time, end_time FROM physio_hours_before_history")
+        conn.exec_driver_sql("DROP TABLE physio_hours_before_history")
+    end_leavers_rosters(conn)
+
+
 def _migration_5(conn: sa.Connection) -> None:
     """Reception's accounts (``users``) and who recorded each call (``call_outcomes.recorded_by``,
     NULL for the outcomes recorded before). Migration 1 creates both: each is added only if missing."""
@@ -296,6 +316,8 @@ MIGRATIONS = [
     (2, "source_day (which drop wrote a row, indexed) and covering indices for validation", _migration_2),
     (3, "fewer, wider indices: covering slot indices per patient and physio, partial source_day "
         "indices, no duplicate payments index", _migration_3),
+    (4, "roster history: physio_hours blocks hold from valid_from to valid_to; leavers' blocks end "
+        "on their last appointment", _migration_4),
     (5, "reception's accounts (users) and who recorded each call outcome", _migration_5),
     (7, "model monitoring (one row per scored day with known outcomes) and the call holdout flag "
         "on priorities", _migration_7),

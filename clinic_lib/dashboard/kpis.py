@@ -287,28 +287,19 @@ def outstanding(bind, as_of=None, physio_id=None, by_physio: bool = False) -> pd
 
 def roster_minutes(bind, start, end=None, physio_id=None) -> pd.DataFrame:
     """Rostered minutes per physio over the range: for every date d of the range, the sum of
-    (end_time - start_time) of that physio's physio_hours blocks for weekday(d), in local
-    wall-clock minutes (a DST day counts like any other day). Columns: physio_id, full_name,
-    rostered_minutes (physios with a roster or in the filter)."""
+    (end_time - start_time) of that physio's physio_hours blocks for weekday(d) that hold on d
+    (valid_from <= d <= valid_to: the roster as it was that day, roster.py), in local wall-clock
+    minutes (a DST day counts like any other day). Columns: physio_id, full_name,
+    rostered_minutes; only physios rostered on some day of the range (a physio who left before
+    it has none)."""
+    from clinic_lib.core.roster import read_blocks, rostered_minutes
     s = scope(start, end, physio_id)
-    counts = {w: 0 for w in range(7)}
-    for i in range(s.days):
-        counts[(s.start + dt.timedelta(days=i)).weekday()] += 1
-    sql = ("SELECT ph.physio_id, f.full_name, ph.weekday, ph.start_time, ph.end_time "
-           "FROM physio_hours ph JOIN physios f ON f.physio_id = ph.physio_id"
-           + (" WHERE ph.physio_id = :physio_id" if s.physio_id is not None else ""))
     with _connect(bind) as conn:
-        rows = conn.execute(sa.text(sql), s.params()).mappings().all()
-
-    def minutes(hhmm: str) -> int:
-        h, m = hhmm.split(":")
-        return int(h) * 60 + int(m)
-
-    total: dict[int, list] = {}
-    for r in rows:
-        entry = total.setdefault(int(r["physio_id"]), [r["full_name"], 0])
-        entry[1] += (minutes(r["end_time"]) - minutes(r["start_time"])) * counts[int(r["weekday"])]
-    return pd.DataFrame([(k, v[0], float(v[1])) for k, v in sorted(total.items())],
+        blocks = read_blocks(conn, None if s.physio_id is None else [s.physio_id])
+        minutes = {p: m for p, m in rostered_minutes(blocks, s.start, s.end).items() if m > 0}
+        names = dict(conn.execute(sa.select(db.physios.c.physio_id, db.physios.c.full_name)
+                                  .where(db.physios.c.physio_id.in_(list(minutes) or [-1]))).all())
+    return pd.DataFrame([(p, names.get(p), float(m)) for p, m in sorted(minutes.items())],
                         columns=["physio_id", "full_name", "rostered_minutes"])
 
 
@@ -657,14 +648,17 @@ def _age_days(instant, today: dt.date, tz) -> int | None:
 
 
 def freshness(bind, settings=None) -> dict:
-    """Latest refresh (etl_runs), latest validation (validation_runs) and the current model
-    (model_runs, and outputs/model/metrics.json when present), each with its age in days."""
+    """Latest refresh or load of the data (etl_runs), latest validation (validation_runs) and the
+    current model (model_runs, and outputs/model/metrics.json when present), each with its age in
+    days."""
     settings = settings or get_settings()
     today = today_local(settings.clinic_tz)
     out: dict = {"etl": None, "etl_ok": None, "validation": None, "model": None, "metrics": None}
     with _connect(bind) as conn:
-        out["etl"] = _latest(conn, "etl_runs", "run_id")
-        out["etl_ok"] = _latest(conn, "etl_runs", "run_id", "WHERE status = 'ok'")
+        # the data's refresh: other jobs (the callback list, reminders) log in etl_runs too
+        data_jobs = "job IN ('refresh', 'load', 'import-noshow')"
+        out["etl"] = _latest(conn, "etl_runs", "run_id", f"WHERE {data_jobs}")
+        out["etl_ok"] = _latest(conn, "etl_runs", "run_id", f"WHERE {data_jobs} AND status = 'ok'")
         out["validation"] = _latest(conn, "validation_runs", "run_id")
         out["model"] = _latest(conn, "model_runs", "run_id")
     for key, col in (("etl", "finished_at"), ("etl_ok", "finished_at"), ("validation", "finished_at"),

@@ -15,7 +15,9 @@ physio) sums in memory (``kpis.summary_from``); only days outside them are queri
 a preheated kernel the page fetches that window in a thread after its first render.
 
 URL parameters: ``?day=YYYY-MM-DD`` (one day), ``?start=..&end=..`` (a range),
-``?physio=<id>``, ``?as_of=YYYY-MM-DD`` (snapshot; default today).
+``?physio=<id>``, ``?as_of=YYYY-MM-DD`` (snapshot; default today). Whatever a URL holds reaches
+the page as text only: every piece of it is escaped where it becomes HTML (``message_html``
+takes HTML, so the notes about a URL are plain text escaped by ``note_html``).
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ NOTEBOOK = PROJECT_ROOT / "notebooks" / "kpi_dashboard.ipynb"
 SHARE_DIR = Path(__file__).resolve().parents[1] / "share"  # holds voila/templates/clinic
 ALL = "all"  # the physio filter's "All physios"
 TREND_DAYS = 28  # a one-day selection plots the 28 days ending that day
+# The patient visit average (attended visits / new patients) estimates visits per course of care;
+# over fewer days than a month it mostly counts whoever happened to start then.
+PVA_MIN_DAYS = 28
 
 # (key, label, kind, higher_is_better)
 CARDS = [
@@ -67,9 +72,16 @@ CSS = """
 .clinic-dash .dash-sub { color: #666; font-size: 13px; margin-bottom: 6px; }
 .kpi-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }
 .kpi-card { border: 1px solid #ddd; border-radius: 8px; padding: 8px 12px; background: #fff;
-            box-shadow: 0 1px 2px rgba(0,0,0,.05); }
+            box-shadow: 0 1px 2px rgba(0,0,0,.05); min-width: 0; }
 .kpi-label { font-size: 12px; color: #666; text-transform: uppercase; letter-spacing: .03em; }
-.kpi-value { font-size: 26px; font-weight: 600; margin: 2px 0; }
+.kpi-value { font-size: 26px; font-weight: 600; margin: 2px 0; white-space: nowrap; }
+.kpi-value.long { font-size: 20px; } .kpi-value.longer { font-size: 16px; }
+.kpi-def { font-size: 11px; line-height: 1.3; color: #777; margin-top: 2px; }
+.chart-grid { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+@media (max-width: 760px) {
+  .chart-grid { grid-template-columns: minmax(0, 1fr) !important; }
+  .kpi-grid { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
+}
 .kpi-sub { font-size: 12px; color: #555; }
 .kpi-delta { font-size: 12px; }
 .kpi-delta.good { color: #2e7d32; } .kpi-delta.bad { color: #c62828; } .kpi-delta.flat { color: #777; }
@@ -104,9 +116,27 @@ def format_value(kind: str, value) -> str:
     return f"{value:.2f}"
 
 
+def shows_pva(start: dt.date, end: dt.date) -> bool:
+    """Whether the patient visit average means something for this range (a month or more)."""
+    return (end - start).days + 1 >= PVA_MIN_DAYS
+
+
 def card_value(key: str, summary: kpis.Summary) -> str:
     """The text a card shows for a KPI (the browser test compares the page with this)."""
+    if key == "patient_visit_average" and not shows_pva(summary.start, summary.end):
+        return format_value("ratio", None)
     return format_value(CARD_KINDS[key], getattr(summary, key))
+
+
+def _value_class(text: str) -> str:
+    """Long values (an outstanding total in the hundred thousands) get a smaller font to fit."""
+    return "kpi-value" + (" longer" if len(text) > 13 else " long" if len(text) > 9 else "")
+
+
+# One line under a card's value that says what it counts (kpis.py has the formulas).
+DEFINITIONS = {
+    "bookings": "appointments scheduled on these days, whatever became of them",
+}
 
 
 def _delta(kind: str, now, before, higher_is_better: bool) -> tuple[str, str]:
@@ -138,6 +168,8 @@ def _sub(key: str, s: kpis.Summary) -> str:
         return f"{s.outstanding_visits:,} visits, as of {s.as_of}"
     if key == "attended":
         return f"{s.no_shows} no-shows"
+    if key == "patient_visit_average" and not shows_pva(s.start, s.end):
+        return f"shown for ranges of {PVA_MIN_DAYS} days or more"
     return ""
 
 
@@ -146,7 +178,9 @@ def cards_html(current: kpis.Summary, previous: kpis.Summary | None, previous_la
     parts = ['<div class="kpi-grid">']
     for key, label, kind, better in CARDS:
         value = card_value(key, current)
-        if key == "outstanding_cents" or previous is None:
+        if key == "patient_visit_average" and not shows_pva(current.start, current.end):
+            delta_text, tone = "", "flat"
+        elif key == "outstanding_cents" or previous is None:
             delta_text, tone = ("snapshot" if key == "outstanding_cents" else ""), "flat"
         else:
             now, before = getattr(current, key), getattr(previous, key)
@@ -157,15 +191,38 @@ def cards_html(current: kpis.Summary, previous: kpis.Summary | None, previous_la
                 delta_text = f"none for {previous_label}" if before is None else ""
         parts.append(
             f'<div class="kpi-card" data-kpi="{key}"><div class="kpi-label">{html.escape(label)}</div>'
-            f'<div class="kpi-value">{html.escape(value)}</div>'
+            f'<div class="{_value_class(value)}">{html.escape(value)}</div>'
             f'<div class="kpi-delta {tone}">{html.escape(delta_text)}</div>'
-            f'<div class="kpi-sub">{html.escape(_sub(key, current))}</div></div>')
+            f'<div class="kpi-sub">{html.escape(_sub(key, current))}</div>'
+            + (f'<div class="kpi-def">{html.escape(DEFINITIONS[key])}</div>' if key in DEFINITIONS else "")
+            + '</div>')
     parts.append("</div>")
     return "".join(parts)
 
 
 def message_html(text: str, error: bool = False) -> str:
+    """A message box around ``text``, which is HTML: escape any user text in it (``note_html``)."""
     return f'<div class="dash-message{" error" if error else ""}">{text}</div>'
+
+
+def note_html(note: str) -> str:
+    """A plain-text note (it may quote the URL) as a message box, escaped."""
+    return message_html(html.escape(note)) if note else ""
+
+
+def coverage_note(start: dt.date, end: dt.date, first_day: dt.date | None, last_day: dt.date | None) -> str:
+    """What a selection outside the data should say, instead of showing zeros silently."""
+    if first_day is None or last_day is None:
+        return ""
+    span = f"the data covers {first_day} to {last_day}"
+    if end < first_day or start > last_day:
+        period = str(start) if start == end else f"{start} to {end}"
+        return f"No appointments for {period}: {span}."
+    if end > last_day:
+        return f"The data ends on {last_day}: days after it have no appointments ({span})."
+    if start < first_day:
+        return f"The data starts on {first_day}: days before it have no appointments ({span})."
+    return ""
 
 
 def _age(days) -> str:
@@ -184,7 +241,7 @@ def freshness_html(fresh: dict, settings=None) -> str:
     else:
         cls = "fresh-ok" if etl["status"] == "ok" else "fresh-bad"
         text = (f'<span class="{cls}">{html.escape(etl["job"])} {html.escape(str(etl.get("day") or ""))}: '
-                f'{etl["status"]}</span>, {_age(etl.get("age_days"))}')
+                f'{html.escape(str(etl["status"]))}</span>, {_age(etl.get("age_days"))}')
         if etl["status"] != "ok" and etl.get("error_message"):
             text += f'<br><small>{html.escape(str(etl["error_message"])[:200])}</small>'
         if ok is not None and ok["run_id"] != etl["run_id"]:
@@ -195,9 +252,9 @@ def freshness_html(fresh: dict, settings=None) -> str:
         items.append(("Validation", '<span class="fresh-warn">no validation run yet</span>'))
     else:
         cls = {"ok": "fresh-ok", "warnings": "fresh-warn"}.get(val["status"], "fresh-bad")
-        items.append(("Validation", f'<span class="{cls}">{val["status"]}</span> ({val["scope"]} '
-                      f'{html.escape(str(val.get("day") or ""))}): {val["n_errors"]} errors, '
-                      f'{val["n_warnings"]} warnings, {_age(val.get("age_days"))}'))
+        items.append(("Validation", f'<span class="{cls}">{html.escape(str(val["status"]))}</span> '
+                      f'({html.escape(str(val["scope"]))} {html.escape(str(val.get("day") or ""))}): '
+                      f'{int(val["n_errors"])} errors, {int(val["n_warnings"])} warnings, {_age(val.get("age_days"))}'))
     model, metrics = fresh.get("model"), fresh.get("metrics") or {}
     if model is None and not metrics:
         items.append(("Risk model", '<span class="fresh-warn">no model trained yet</span>'))
@@ -265,7 +322,9 @@ def load_state(settings=None) -> State:
 
 
 def initial_selection(params: dict, state: State, today: dt.date, day=None):
-    """(start, end, physio_id, as_of, note) from the URL, the notebook parameter and the data."""
+    """(start, end, physio_id, as_of, note) from the URL, the notebook parameter and the data.
+
+    ``note`` is plain text that may quote the URL: show it with ``note_html``."""
     note = ""
     try:
         as_of = parse_day(params["as_of"]) if params.get("as_of") else today
@@ -295,7 +354,7 @@ def initial_selection(params: dict, state: State, today: dt.date, day=None):
         try:
             physio = int(params["physio"])
         except ValueError:
-            note += f"Ignored physio={html.escape(params['physio'][:20])!s}. "
+            note += f"Ignored physio={params['physio'][:40]!r}: expected a number. "
         if physio is not None and physio not in {i for _, i in state.physios}:
             note += f"No physio {physio}; showing all. "
             physio = None
@@ -319,6 +378,7 @@ class View:
     outstanding_by_physio: object = None
     summary: kpis.Summary | None = None
     frames: kpis.Frames | None = None
+    physios_in_period: set | None = None  # rostered or booked in the range (None: unknown)
 
 
 def _outstanding_for(frame, physio):
@@ -363,6 +423,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     cards = ""
     out = None
     pending = None
+    present = None
     if outstanding_by_physio is None:
         # The one query over the whole history runs on its own connection while the range
         # queries below run here (SQLite and psycopg release the GIL while they work).
@@ -380,6 +441,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     try:
         frames = kpis.frames_covering(engine, frames, win_start, win_end, as_of)
         roster = kpis.roster_minutes(engine, start, end)
+        present = physios_in_period(frames, roster, start, end)
         current = kpis.summary_from(frames, roster, start, end, physio)
         previous = kpis.summary_from(frames, kpis.roster_minutes(engine, prev_start, prev_end),
                                      prev_start, prev_end, physio)
@@ -412,7 +474,16 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
     if current is not None:
         cards = cards_html(current, previous, label)
     order = ("activity", "show_rate", "revenue", "utilization", "outstanding", "risk")
-    return View(cards, {k: figures[k] for k in order if k in figures}, outstanding_by_physio, current, frames)
+    return View(cards, {k: figures[k] for k in order if k in figures}, outstanding_by_physio, current, frames,
+                present)
+
+
+def physios_in_period(frames: kpis.Frames, roster, start: dt.date, end: dt.date) -> set[int]:
+    """The physios the filter offers for a range: rostered on some day of it or booked in it (a
+    physio who left is offered for the periods they worked only)."""
+    d = frames.daily
+    booked = d[(d["local_date"] >= start) & (d["local_date"] <= end) & d["physio_id"].notna() & (d["bookings"] > 0)]
+    return {int(p) for p in roster["physio_id"]} | {int(p) for p in booked["physio_id"]}
 
 
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
@@ -458,7 +529,8 @@ class Dashboard:
             widget.add_class(cls)
         self.end.layout.display = "none" if start == end else None
         self.status = w.HTML()
-        self.note = w.HTML(message_html(note) if note else "")
+        self.note = w.HTML(note_html(note))
+        self.coverage = w.HTML()  # says where the data ends when the selection is outside it
         self.cards = w.HTML()
         self.charts = {name: w.Output(layout=w.Layout(min_height="300px", border="1px solid #eee"))
                        for name in ("activity", "show_rate", "revenue", "utilization", "outstanding", "risk")}
@@ -468,11 +540,12 @@ class Dashboard:
         header = w.HTML(f'{CSS}<div class="clinic-dash"><h2>{html.escape(self.settings.clinic_name)}</h2>'
                         f'<div class="dash-sub">KPIs as of {as_of} · data from {state.first_day} to '
                         f'{state.last_day}</div></div>')
-        grid = w.GridBox(list(self.charts.values()),
-                         layout=w.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))", grid_gap="10px"))
+        # two columns of charts, one on a phone (CSS: .chart-grid)
+        grid = w.GridBox(list(self.charts.values()), layout=w.Layout(grid_gap="10px"))
+        grid.add_class("chart-grid")
         self.root = w.VBox([header, w.HBox([self.mode, self.start, self.end, self.physio],
                                            layout=w.Layout(flex_flow="row wrap")),
-                            self.status, self.note, self.cards, grid, self.freshness])
+                            self.status, self.note, self.coverage, self.cards, grid, self.freshness])
         self.root.add_class("clinic-dash")
         self.mode.observe(self._on_mode, "value")
         for widget in (self.start, self.end, self.physio):
@@ -540,9 +613,11 @@ class Dashboard:
             except ValueError as exc:
                 self.cards.value = message_html(html.escape(str(exc)))
                 return
+            self.coverage.value = note_html(coverage_note(start, end, self.state.first_day, self.state.last_day))
             view = compute(self.state.engine, start, end, physio, self.as_of, self._outstanding,
                            self._frames_for(*window(start, end)))
             self._outstanding, self._frames = view.outstanding_by_physio, view.frames
+            self._offer_physios(view.physios_in_period)
             self.cards.value = view.cards_html
             for name, fig in view.figures.items():
                 self._show(name, fig)
@@ -551,6 +626,16 @@ class Dashboard:
         finally:
             self._busy = False
             self._set_status("ready", f"Updated in {time.perf_counter() - t0:.2f} s")
+
+    def _offer_physios(self, present: set | None) -> None:
+        """The physio filter lists the physios of the range (and the one chosen, whatever it is)."""
+        if present is None:
+            return
+        chosen = self.physio.value
+        options = [("All physios", ALL)] + [(n, i) for n, i in self.state.physios if i in present or i == chosen]
+        if list(self.physio.options) != options:
+            self.physio.options = options  # inside refresh(): the observers see _busy and return
+            self.physio.value = chosen
 
     def fetch_ahead(self):
         """Fetch the frames of likely_window in a thread while the owner reads the first page
@@ -719,23 +804,24 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
 # --- serving ------------------------------------------------------------------------------
 
 def voila_command(port: int | None = None, host: str = "127.0.0.1", notebook: Path | None = None) -> list[str]:
-    """The Voila command line: our template, no tracebacks, a cell timeout and kernel culling."""
-    port = port or get_settings().dashboard_port
+    """The Voila command line: our template, no tracebacks, the cell timeout; clinic_lib.dashboard.server
+    adds the bound on visitors' kernels and ends the unused ones (docs/dashboard.md)."""
+    settings = get_settings()
+    port = port or settings.dashboard_port
     # Preheating (on unless CLINIC_DASHBOARD_PREHEAT=0) takes the kernel's start, the imports and
-    # the queries that do not depend on the URL out of the page's first render
-    # (bench/bench_dashboard.py); the waiting kernel holds ~200 MB.
+    # the queries that do not depend on the URL out of the page's first render; the waiting
+    # kernel holds ~200 MB.
     preheat = os.environ.get("CLINIC_DASHBOARD_PREHEAT", "1").lower() not in ("0", "false", "no", "off")
-    # Voila itself, with the fix of voila_server (a missed wake-up stalled every second page load).
     return [sys.executable, "-m", "clinic_lib.dashboard.server", str(notebook or NOTEBOOK),
             "--no-browser", f"--port={port}", f"--Voila.ip={host}", "--Voila.port_retries=0",
             "--template=clinic", "--theme=light",
+            # a URL cannot pick another template or theme (the lab template loads from CDNs)
+            "--VoilaConfiguration.allow_template_override=NO", "--VoilaConfiguration.allow_theme_override=NO",
             "--VoilaConfiguration.show_tracebacks=False", "--VoilaConfiguration.strip_sources=True",
-            "--VoilaExecutor.timeout=120",
+            f"--VoilaExecutor.timeout={int(settings.dashboard_cell_timeout)}",
             # With preheating, one kernel waits with the notebook's request-independent part
             # already run (dashboard.prepare); the page's own part runs when the request arrives.
-            f"--VoilaConfiguration.preheat_kernel={preheat}", f"--VoilaConfiguration.default_pool_size={int(preheat)}",
-            "--MappingKernelManager.cull_idle_timeout=900", "--MappingKernelManager.cull_interval=60",
-            "--MappingKernelManager.cull_connected=False"]
+            f"--VoilaConfiguration.preheat_kernel={preheat}", f"--VoilaConfiguration.default_pool_size={int(preheat)}"]
 
 
 def voila_env(base: dict | None = None) -> dict:

@@ -22,7 +22,9 @@ How the world is built (all vectorised except two short loops over series and ph
 
 1. Physios (~80 % full-time Mon-Fri 08:00-12:00 + 13:00-17:00, ~30 % of them also Saturday
    08:00-12:00; the rest part-time on 3-4 weekdays, half of them mornings only 08:00-13:00).
-   With >= 5 physios one has left the clinic (``active`` 0). Closed on German national holidays
+   With >= 5 physios one has left the clinic: the exports mark them inactive (``active`` 0) from
+   the day of their last appointment on, so the load or that day's drop ends their roster there
+   (``roster.py``). Closed on German national holidays
    and Dec 24/31; each physio takes ~7 % of weeks off.
 2. Each roster block of each working day is filled with appointment slots of 30/45/60 minutes on
    the 15-minute grid with a few 15/30-minute gaps (looser in July/August and around Christmas,
@@ -106,6 +108,20 @@ class _Formatted:
         self.patients = pt
         self.created_txt = _fmt(pt["created_s"].to_numpy(), tz)
         self.created_day = _to_local(pt["created_s"].to_numpy(), tz) // DAY_S
+        # A physio who left worked up to their last appointment: the export marks them inactive
+        # from that day's drop on (the refresh then ends their roster after it; roster.py).
+        ph = w.physios
+        physio_of = a["physio_id"].to_numpy()
+        self.last_day = {int(pid): int(self.start_day[physio_of == pid].max(initial=-10 ** 9))
+                         for pid in ph.loc[ph["active"] == 0, "physio_id"]}
+
+    def physios(self, rows: pd.DataFrame, day_number: int) -> pd.DataFrame:
+        """Physio rows as the export of day ``day_number`` has them: a leaver is active until
+        the day of their last appointment, inactive from then on."""
+        out = rows[COLUMNS["physios"]].copy()
+        gone = out["physio_id"].map(lambda pid: self.last_day.get(int(pid), 10 ** 9) <= day_number)
+        out["active"] = np.where(gone, 0, 1)
+        return out
 
     def appointments(self, rows: np.ndarray, cutoff: int) -> pd.DataFrame:
         """Appointment rows ``rows`` (positions) in their state at UTC instant ``cutoff``."""
@@ -145,7 +161,7 @@ def _write_raw(f: _Formatted, w: World, folder: Path, day: dt.date) -> dict:
     patrow = np.flatnonzero(w.patients["created_s"].to_numpy() < cutoff)
     appts = f.appointments(rows, cutoff)
     write_csv(f.patient_rows(patrow), folder / "patients.csv")
-    write_csv(w.physios[COLUMNS["physios"]], folder / "physios.csv")
+    write_csv(f.physios(w.physios, _dn(day)), folder / "physios.csv")
     write_csv(w.hours[COLUMNS["physio_hours"]], folder / "physio_hours.csv")
     write_csv(appts, folder / "appointments.csv")
     write_csv(f.payments(prow), folder / "payments.csv")
@@ -164,7 +180,7 @@ def _write_drop(f: _Formatted, w: World, folder: Path, day: dt.date) -> int:
     patrow = np.flatnonzero(np.isin(w.patients["patient_id"].to_numpy(), pat_ids))
     phys = w.physios[w.physios["physio_id"].isin(appts["physio_id"])]
     write_csv(f.patient_rows(patrow), folder / "patients.csv")
-    write_csv(phys[COLUMNS["physios"]], folder / "physios.csv")
+    write_csv(f.physios(phys, dn), folder / "physios.csv")
     write_csv(appts, folder / "appointments.csv")
     write_csv(f.payments(prow), folder / "payments.csv")
     return len(appts)

@@ -29,12 +29,13 @@ from clinic_lib.core.config import get_settings
 from clinic_lib.ingest.drop_format import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from clinic_lib.core.errors import UserError
 from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER, ensure_schema
+from clinic_lib.core.roster import apply_drop_to_database, end_leavers_rosters
 from clinic_lib.core.timeutil import parse_day, utc_now_text
 
 # Insert order respects foreign keys; deletes go the other way.
 LOAD_ORDER = ("physios", "physio_hours", "patients", "appointments", "payments")
 PRIMARY_KEYS = {"patients": ("patient_id",), "physios": ("physio_id",),
-                "physio_hours": ("physio_id", "weekday", "start_time"),
+                "physio_hours": ("physio_id", "weekday", "start_time"),  # no key: the order rows are written in
                 "appointments": ("appointment_id",), "payments": ("payment_id",)}
 
 
@@ -198,8 +199,8 @@ def _describe_integrity_error(exc: sa.exc.IntegrityError) -> str:
 
 
 def _is_roster_day(engine: sa.Engine, day: dt.date) -> bool:
-    from clinic_lib.core.clinic_days import working_weekdays
-    return day.weekday() in working_weekdays(engine)
+    from clinic_lib.core.clinic_days import is_clinic_day
+    return is_clinic_day(engine, day)
 
 
 def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None,
@@ -224,6 +225,7 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
                             "a day on the roster; if the clinic was closed that day, say so "
                             "(--empty-day / allow_empty=True)")
         written = deleted = 0
+        drop_physios = tables.frames.get("physios")  # as the drop has them: who it marks as gone
         with db.begin_write(engine) as conn:
             _check_references(conn, tables)
             for table in VERSIONED_TABLES:
@@ -236,12 +238,10 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
             deleted += _delete_missing(conn, "appointments", "appointment_id", "local_date", day_text,
                                        appts.loc[appts["local_date"] == day_text, "appointment_id"])
             for table in LOAD_ORDER:
-                if table == "physio_hours" and table in tables.frames:
-                    # A roster in a drop replaces the whole roster of the physios it names.
-                    hours = tables[table]
-                    ids = [int(i) for i in hours["physio_id"].unique()]
-                    conn.execute(db.physio_hours.delete().where(db.physio_hours.c.physio_id.in_(ids)))
-                    written += bulk_insert(conn, table, hours)
+                if table == "physio_hours":
+                    # After the physios: a roster in the drop holds for the physios it names from
+                    # this day on, and a physio the drop marks inactive has none after it (roster.py).
+                    written += apply_drop_to_database(conn, day, tables.frames.get(table), drop_physios)
                 elif table in tables.frames:
                     written += upsert(conn, table, tables[table])
     except DropError as exc:
@@ -282,7 +282,9 @@ def first_broken_rule(conn: sa.Connection) -> str | None:
     by row.
     """
     for table in db.metadata.sorted_tables:
-        key = next(iter(table.primary_key.columns))
+        key = next(iter(table.primary_key.columns), None)
+        if key is None:  # physio_hours has no key: its rows are named by physio
+            key = next(iter(table.columns))
         for fk in table.foreign_keys:
             if fk.column.table.name not in LOAD_ORDER:
                 continue
@@ -374,9 +376,12 @@ def load_raw(engine: sa.Engine | None = None, folder: Path | None = None, replac
                     frame = _in_key_order(table, tables[table])
                     if table in VERSIONED_TABLES:
                         frame = frame.assign(source_day=None)
+                    if table == "physio_hours":
+                        frame = frame.assign(valid_from=None, valid_to=None)  # the file's roster, open-ended
                     bulk_insert(conn, table, frame)
                     build_indexes(table)
             written = sum(len(tables[table]) for table in LOAD_ORDER)
+            end_leavers_rosters(conn)  # physios who have left: their blocks end on their last appointment
             # the optional evening lists and calls from before Clinic Ops (call_history.py)
             written += import_call_history(conn, history, tables["appointments"], tables["patients"],
                                            settings.risk_thresholds)

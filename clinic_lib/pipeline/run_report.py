@@ -9,6 +9,14 @@ nbconvert's ``lab`` template without require.js, MathJax and mermaid from CDNs, 
 embedded as data URIs. Rich outputs that need JavaScript of their own (ipywidgets, plotly's JSON
 output) show their text or image fallback, so step notebooks should show tables and static images;
 an image's alternative text (``train.show_figure`` sets it) becomes its ``alt``.
+
+Tables read as a person reads them: a pandas table's row numbers (an unnamed whole-number index)
+are left out and a missing value (NaN, None, <NA>, NaT) is an empty cell. Each step's status and
+seconds come from ``state.json``, or else from papermill's record in the notebook itself (the
+backfill notebook, which stands for the days' validate and refresh steps).
+
+The report holds what the steps show: patients' names, phones and e-mail addresses among them.
+It stays in ``outputs/``, which is private (git-ignored, never published).
 """
 from __future__ import annotations
 
@@ -43,16 +51,86 @@ def _step_name(path: Path) -> str:
     return rest if head.isdigit() and rest else stem
 
 
+MISSING_TEXTS = frozenset({"NaN", "nan", "None", "<NA>", "NaT"})
+
+
+def readable_table_html(markup: str) -> str:
+    """A pandas table's HTML without its row numbers and with missing values as empty cells.
+
+    Row numbers are the index column when it is unnamed, one level and whole numbers; a named or
+    other index (step names, dates) is content and stays."""
+    if 'class="dataframe"' not in markup:
+        return markup
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(markup, "html.parser")
+    for table in soup.find_all("table", class_="dataframe"):
+        head_rows = table.thead.find_all("tr") if table.thead else []
+        body_rows = table.tbody.find_all("tr") if table.tbody else []
+        row_heads = [row.find_all("th", recursive=False) for row in body_rows]
+        plain_index = (len(head_rows) == 1 and body_rows and all(len(ths) == 1 for ths in row_heads)
+                       and head_rows[0].find("th") is not None and not head_rows[0].find("th").get_text(strip=True)
+                       and all(ths[0].get_text(strip=True).lstrip("-").isdigit() for ths in row_heads))
+        if plain_index:
+            head_rows[0].find("th").decompose()
+            for ths in row_heads:
+                ths[0].decompose()
+        for cell in table.find_all("td"):
+            if cell.get_text(strip=True) in MISSING_TEXTS:
+                cell.string = ""
+    return str(soup)
+
+
+def _readable_outputs(cell) -> None:
+    for output in cell.get("outputs", []):
+        data = output.get("data") or {}
+        if "text/html" in data:
+            text = data["text/html"]
+            data["text/html"] = readable_table_html("".join(text) if isinstance(text, list) else text)
+
+
+def _papermill_status(nb) -> dict:
+    """Status and seconds from papermill's record in an executed notebook."""
+    record = nb.metadata.get("papermill") or {}
+    out = {}
+    if record.get("duration") is not None:
+        out["seconds"] = round(float(record["duration"]), 2)
+    if record.get("exception"):
+        out["status"] = "failed"
+    elif record.get("end_time"):
+        out["status"] = "ok"
+    return out
+
+
+def _status(path: Path, nb, states: dict) -> dict:
+    """A step's status and seconds: state.json's, completed from the notebook's papermill record.
+    The backfill notebook has no entry of its own: the days' steps it ran name it (``in``)."""
+    st = dict(states.get(_step_name(path), {}))
+    covered = [v for v in states.values() if v.get("in") == path.name]
+    if covered and "status" not in st:
+        st["status"] = "ok" if all(v.get("status") == "ok" for v in covered) else "failed"
+    if nb is not None:
+        for key, value in _papermill_status(nb).items():
+            st.setdefault(key, value)
+    return st
+
+
 def combined_notebook(run_dir: Path) -> nbformat.NotebookNode:
     """One notebook: a title, then for each step a header cell followed by its cells."""
     run_dir = Path(run_dir)
     states = _state(run_dir)
     paths = step_notebooks(run_dir)
     title = f"Clinic Ops run report — {run_dir.name}"
+    notebooks = {}
+    for p in paths:
+        try:
+            notebooks[p] = nbformat.read(p, as_version=4)
+        except Exception as exc:  # a half-written notebook must not lose the whole report
+            notebooks[p] = exc
     rows = []
     for p in paths:
-        st = states.get(_step_name(p), {})
-        rows.append(f"| [{html.escape(p.stem)}](#{p.stem}) | {st.get('status', '')} | "
+        nb = notebooks[p]
+        st = _status(p, None if isinstance(nb, Exception) else nb, states)
+        rows.append(f"| [{html.escape(p.stem)}](#{p.stem}) | {html.escape(str(st.get('status', '')))} | "
                     f"{st.get('seconds', '')} | {html.escape(str(st.get('error', '')))[:120]} |")
     intro = (f"# {title}\n\nGenerated {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from "
              f"`{run_dir}`.\n\n" + ("| step | status | seconds | error |\n|---|---|---|---|\n" + "\n".join(rows)
@@ -61,19 +139,19 @@ def combined_notebook(run_dir: Path) -> nbformat.NotebookNode:
     book.metadata["title"] = title
     book.cells.append(nbformat.v4.new_markdown_cell(intro))
     for p in paths:
-        try:
-            nb = nbformat.read(p, as_version=4)
-        except Exception as exc:  # a half-written notebook must not lose the whole report
+        nb = notebooks[p]
+        if isinstance(nb, Exception):
             book.cells.append(nbformat.v4.new_markdown_cell(
                 f'<h2 id="{p.stem}" class="run-step-header">{html.escape(p.stem)}</h2>\n\n'
-                f"Could not read this notebook: {html.escape(str(exc)[:300])}"))
+                f"Could not read this notebook: {html.escape(str(nb)[:300])}"))
             continue
-        st = states.get(_step_name(p), {})
+        st = _status(p, nb, states)
         status = f" — {st['status']}" if st.get("status") else ""
         book.cells.append(nbformat.v4.new_markdown_cell(
             f'<h2 id="{p.stem}" class="run-step-header">{html.escape(p.stem)}{html.escape(status)}</h2>'))
         for cell in nb.cells:
             cell.metadata.pop("jupyter", None)  # collapsed/hidden flags of the source do not apply
+            _readable_outputs(cell)
             book.cells.append(cell)
     for i, cell in enumerate(book.cells):
         cell["id"] = f"c{i}"

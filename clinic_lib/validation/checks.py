@@ -57,7 +57,7 @@ _DEFS = [
     ("time.canceled_after_start", ERROR, (DROP, DB), "canceled_at is after appt_start (a cancellation after the start is a no_show)"),
     ("time.outcome_in_future", ERROR, (DROP, DB), "status completed or no_show on an appointment that starts after the end of D (drop) or after now (db)"),
     ("price.negative", ERROR, (DROP, DB), "a negative price_estimate"),
-    ("roster.outside", WARNING, (DROP, DB), "a non-canceled appointment outside its physio's weekly roster (physios without any roster rows are skipped; db: appointments from today on, the roster being the current one)"),
+    ("roster.outside", WARNING, (DROP, DB), "a non-canceled appointment outside its physio's roster as it holds on the appointment's day (physios without any roster rows are skipped; drop: with the drop's roster and leavers applied; db: appointments from today on)"),
     ("payment.negative", ERROR, (DROP, DB), "a negative payment amount"),
     ("payment.not_completed", ERROR, (DROP, DB), "a payment for an appointment whose status is not completed"),
     ("payment.too_much", WARNING, (DROP, DB), "payments of one appointment add up to more than PAYMENT_MAX_FACTOR (default 3) times its price_estimate"),

@@ -1,0 +1,148 @@
+"""The dashboard's pieces without a browser: escaping of URL text, what the cards say, the
+freshness box, the note for days outside the data, the Voila command line and the visitor gate.
+tests/test_dashboard_browser.py checks the same on the page in Chromium."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+
+import kpi_fixture as fx
+from clinic_lib.dashboard import page as dashboard
+from clinic_lib.dashboard import kpis
+from clinic_lib.ingest.refresh import log_etl_run
+
+PAYLOAD = '<img src=x onerror="alert(1)">'
+
+
+def _state():
+    return dashboard.State(physios=[("Anna Alt", 1)], first_day=dt.date(2026, 1, 5), last_day=dt.date(2026, 10, 25))
+
+
+@pytest.mark.parametrize("query", [f"day={PAYLOAD}", f"as_of={PAYLOAD}", f"physio={PAYLOAD}",
+                                   f"start={PAYLOAD}", f"start=2026-03-01&end={PAYLOAD}"])
+def test_url_text_reaches_the_page_escaped(query):
+    from urllib.parse import quote
+    params = dashboard.query_params("&".join(f"{k}={quote(v)}" for k, v in (p.split("=", 1) for p in query.split("&"))))
+    *_, note = dashboard.initial_selection(params, _state(), dt.date(2026, 4, 1))
+    assert "<img" in note  # the note quotes what was ignored, as text
+    shown = dashboard.note_html(note)
+    assert "<img" not in shown and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in shown
+
+
+def test_coverage_note_says_where_the_data_ends():
+    first, last = dt.date(2026, 1, 5), dt.date(2026, 10, 25)
+    far = dt.date(2099, 1, 1)
+    assert dashboard.coverage_note(far, far, first, last) == (
+        "No appointments for 2099-01-01: the data covers 2026-01-05 to 2026-10-25.")
+    assert "ends on 2026-10-25" in dashboard.coverage_note(dt.date(2026, 10, 20), dt.date(2026, 11, 3), first, last)
+    assert "starts on 2026-01-05" in dashboard.coverage_note(dt.date(2025, 12, 20), dt.date(2026, 1, 10), first, last)
+    assert dashboard.coverage_note(dt.date(2026, 3, 1), dt.date(2026, 3, 31), first, last) == ""
+
+
+def _summary(start, end, **values):
+    return kpis.Summary(start=start, end=end, physio_id=None, as_of=end, **values)
+
+
+def test_patient_visit_average_only_for_a_month_or_more():
+    day = dt.date(2026, 3, 29)
+    short = _summary(day, day, attended=5, new_patients=2, patient_visit_average=2.5)
+    html = dashboard.cards_html(short, short, "2026-03-22")
+    pva = html.split('data-kpi="patient_visit_average"')[1].split('data-kpi=')[0]
+    assert ">–</div>" in pva and "shown for ranges of 28 days or more" in pva
+    assert dashboard.card_value("patient_visit_average", short) == "–"
+    month = _summary(dt.date(2026, 3, 1), dt.date(2026, 3, 28), attended=30, new_patients=4, patient_visit_average=7.5)
+    assert dashboard.card_value("patient_visit_average", month) == "7.50"
+    assert "shown for ranges" not in dashboard.cards_html(month, None)
+
+
+def test_bookings_card_says_what_it_counts():
+    day = dt.date(2026, 3, 29)
+    html = dashboard.cards_html(_summary(day, day, bookings=6), None)
+    bookings = html.split('data-kpi="bookings"')[1].split('data-kpi=')[0]
+    assert "appointments scheduled on these days, whatever became of them" in bookings
+
+
+def test_long_values_get_a_smaller_font():
+    day = dt.date(2026, 3, 29)
+    for cents, css in ((12_345_678, "kpi-value long"), (1_234_567_890, "kpi-value longer")):
+        html = dashboard.cards_html(_summary(day, day, outstanding_cents=cents, outstanding_visits=900), None)
+        outstanding = html.split('data-kpi="outstanding_cents"')[1]
+        assert re.search(rf'class="{css}">€{cents // 100:,}.{cents % 100:02d}<', outstanding), outstanding
+    assert '<div class="kpi-value">6</div>' in dashboard.cards_html(_summary(day, day, bookings=6), None)
+
+
+def test_freshness_shows_the_last_refresh_not_the_jobs_after_it(engine, monkeypatch):
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    fx.load(engine)
+    log_etl_run(engine, "refresh", "2026-03-29", "2026-03-29T19:00:00+00:00", "ok", 10, 10)
+    log_etl_run(engine, "priorities", "2026-03-30", "2026-03-29T19:05:00+00:00", "ok", 4, 4)
+    log_etl_run(engine, "reminders", "2026-03-30", "2026-03-29T19:06:00+00:00", "failed", 0, 0, "SMTP down")
+    fresh = kpis.freshness(engine)
+    assert (fresh["etl"]["job"], str(fresh["etl"]["day"])) == ("refresh", "2026-03-29")
+    box = dashboard.freshness_html(fresh).split("<b>Data refresh</b>")[1].split("</div>")[0]
+    assert "refresh 2026-03-29: ok" in box and "reminders" not in box and "SMTP" not in box
+
+
+def test_voila_command_takes_the_settings(monkeypatch):
+    monkeypatch.setenv("CLINIC_DASHBOARD_CELL_TIMEOUT", "45")
+    cmd = dashboard.voila_command(8899)
+    assert "--VoilaExecutor.timeout=45" in cmd
+    # a URL cannot switch to another template (the lab template loads from CDNs) or theme
+    assert "--VoilaConfiguration.allow_template_override=NO" in cmd
+    assert "--VoilaConfiguration.allow_theme_override=NO" in cmd
+
+
+def test_dashboard_settings_are_checked(monkeypatch):
+    from clinic_lib.core.config import ConfigError, get_settings
+    for name, bad in (("CLINIC_DASHBOARD_MAX_VISITORS", "0"), ("CLINIC_DASHBOARD_IDLE_MINUTES", "-1"),
+                      ("CLINIC_DASHBOARD_CELL_TIMEOUT", "soon")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ConfigError, match=name):
+            get_settings()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CLINIC_DASHBOARD_MAX_VISITORS", "2")
+    assert get_settings().dashboard_max_visitors == 2
+
+
+class _Kernels:
+    """What VisitorGate.to_end reads of a kernel manager."""
+
+    def __init__(self):
+        self.kernels, self._kernel_connections = {}, {}
+
+    def __contains__(self, kernel_id):
+        return kernel_id in self.kernels
+
+    def get_kernel(self, kernel_id):
+        return self.kernels[kernel_id]
+
+
+def test_visitor_gate_counts_requests_on_their_way_to_a_kernel():
+    import contextvars
+    from types import SimpleNamespace
+
+    from clinic_lib.dashboard.server import VisitorGate
+    gate = VisitorGate(max_visitors=2, idle_seconds=600, closed_page_seconds=60)
+
+    def request(kernel_id):
+        assert gate.admit(alive)
+        if kernel_id:
+            gate.register(kernel_id)
+    alive = ["preheated"]
+    contextvars.copy_context().run(request, None)  # admitted, no kernel yet (still starting)
+    contextvars.copy_context().run(request, "k1")
+    assert gate.in_use(alive + ["k1"]) == 2
+    assert not gate.admit(alive + ["k1"])  # a third visitor: busy
+    alive = ["preheated"]  # k1 ended (its page closed)
+    assert gate.in_use(alive) == 1
+
+    now = dt.datetime(2026, 3, 29, 12, 0, tzinfo=dt.timezone.utc)
+    km = _Kernels()
+    for kernel_id, idle_s, connections in (("open", 30, 1), ("idle", 601, 1), ("closed", 61, 0), ("fresh", 5, 0)):
+        km.kernels[kernel_id] = SimpleNamespace(last_activity=now - dt.timedelta(seconds=idle_s))
+        km._kernel_connections[kernel_id] = connections
+        gate.kernels.add(kernel_id)
+    km.kernels["preheated"] = SimpleNamespace(last_activity=now - dt.timedelta(days=2))  # never a visitor's
+    assert sorted(gate.to_end(km, now)) == ["closed", "idle"]
