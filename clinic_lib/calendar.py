@@ -31,6 +31,11 @@ def working_weekdays(engine_or_conn) -> frozenset[int]:
     return frozenset(days) or WEEKDAYS_WITHOUT_ROSTER
 
 
+def is_roster_day(engine_or_conn, day) -> bool:
+    """Is ``day`` a weekday on which at least one active physio has roster hours?"""
+    return parse_day(day).weekday() in working_weekdays(engine_or_conn)
+
+
 def next_clinic_day(engine: sa.Engine | None = None, day=None) -> dt.date:
     """The first clinic day strictly after ``day`` (default: today in CLINIC_TZ)."""
     from .config import get_settings

@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import db, sqlite_ingest
+from .calendar import is_roster_day
 from .call_history import import_call_history, read_call_history
 from .config import get_settings
 from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
@@ -195,11 +196,6 @@ def _describe_integrity_error(exc: sa.exc.IntegrityError) -> str:
     return f"the database refused the drop: {str(exc.orig).splitlines()[0]}"
 
 
-def _is_roster_day(engine: sa.Engine, day: dt.date) -> bool:
-    from .calendar import working_weekdays
-    return day.weekday() in working_weekdays(engine)
-
-
 def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None,
                 allow_empty: bool = False) -> RefreshResult:
     """Apply the drop of clinic-local day ``day`` in one transaction (see the module docstring)."""
@@ -216,7 +212,7 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         appts, pays = tables["appointments"], tables["payments"]
         day_text = day.isoformat()
         day_rows = int((appts["local_date"] == day_text).sum() + (pays["paid_date"] == day_text).sum())
-        if day_rows == 0 and not allow_empty and _is_roster_day(engine, day):
+        if day_rows == 0 and not allow_empty and is_roster_day(engine, day):
             # An empty export of a working day is more often a broken export than a quiet day.
             raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}, "
                             "a day on the roster; if the clinic was closed that day, say so "

@@ -154,6 +154,7 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
     out_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(day)
     result = RunResult(day)
+    no_drop = no_drop_reason(day, engine, empty_day) if {"validate", "refresh"} & set(steps) else None
     for index, step in enumerate(STEPS, start=1):
         if step.name not in steps:
             continue
@@ -162,6 +163,14 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             log.info("%s %s: skipped, succeeded before", day, step.name)
             continue
         t0 = time.perf_counter()
+        if step.name in ("validate", "refresh") and no_drop:
+            # Nothing to check or apply: the day is recorded as done, the database is untouched.
+            res = StepResult(step.name, "ok", 0.0, note=no_drop)
+            log.info("%s %s: nothing to do, %s", day, step.name, no_drop)
+            state["steps"][step.name] = {"status": "ok", "at": utc_now_text(), "note": no_drop}
+            _write_state(day, state)
+            result.steps.append(res)
+            continue
         log.info("%s %s: start (%s)", day, step.name, step.about)
         if step.name == "report":
             from .report import render_run_report
@@ -228,39 +237,97 @@ def default_day() -> dt.date:
     return today_local(get_settings().clinic_tz)
 
 
-def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False,
-              quiet: bool = False) -> list[RunResult]:
-    """Backfill the days from ``first`` to ``last`` in order; stops at the first bad day.
+def has_drop(day) -> bool:
+    return get_settings().drop_dir(day).is_dir()
 
-    The days before the last are validated and refreshed in one notebook (one kernel for the range,
-    ``notebooks/backfill.ipynb``); the last day then runs the requested steps. Scores, callback lists
-    and reminders are for the day ahead, so the days before the last get none.
+
+def no_drop_reason(day, engine, closed: bool) -> str | None:
+    """Why a day without a drop folder has nothing to apply (None: it has a drop, or it should).
+
+    A day the user says was closed (``--empty-day``, ``--closed``) or a day off the roster (no
+    physio works that weekday) without an export is an empty day; a roster day is not (the
+    caller says what to do).
     """
+    from .calendar import is_roster_day
+    if has_drop(day):
+        return None
+    if closed:
+        return "no drop: the clinic was closed (--empty-day / --closed)"
+    if not is_roster_day(engine, day):
+        return f"no drop on a {parse_day(day):%A}, a day off the roster: nothing to apply"
+    return None
+
+
+def _missing_roster_days_message(days: list[dt.date]) -> str:
+    named = ", ".join(f"{d} ({d:%A})" for d in days)
+    listed = ",".join(str(d) for d in days)
+    folders = ", ".join(str(get_settings().drop_dir(d)) for d in days)
+    return (f"no drop for {named}, {'a day' if len(days) == 1 else 'days'} on the roster; nothing of the "
+            f"range was run. Put the export of {'that day' if len(days) == 1 else 'those days'} in "
+            f"{folders} (re-export it from the practice software), or, if the clinic was closed, "
+            f"name {'it' if len(days) == 1 else 'them'}: --closed {listed}")
+
+
+def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False,
+              quiet: bool = False, empty_day: bool = False, closed=(), engine=None) -> list[RunResult]:
+    """Catch up the days from ``first`` to ``last`` in order; stops at the first bad day.
+
+    The days before the last that have a drop are validated and refreshed (as far as ``steps``
+    asks) in one notebook (one kernel for the range, ``notebooks/backfill.ipynb``); the last day
+    then runs the requested steps. Scores, callback lists and reminders are for the day ahead, so
+    the days before the last get none. The days in ``closed`` (every day, with ``empty_day``) may
+    have a drop without rows; a day without a drop folder is recorded as empty when it is closed
+    or off the roster, and on a roster day stops the range before anything runs (CannotRun).
+    """
+    from . import db
     from .backfill import days_between
     days = days_between(first, last)
+    closed = {parse_day(d) for d in closed}
+    outside = sorted(d for d in closed if not days[0] <= d <= days[-1])
+    if outside:
+        raise CannotRun(f"--closed {', '.join(map(str, outside))}: not in the range {days[0]} .. {days[-1]}")
+    engine = engine or db.make_engine()
+    wanted = tuple(s for s in ("validate", "refresh") if s in steps)
+    is_closed = {d: empty_day or d in closed for d in days}
+    no_drop = {d: no_drop_reason(d, engine, is_closed[d]) for d in days if wanted and not has_drop(d)}
+    unexplained = [d for d, reason in no_drop.items() if reason is None]
+    if unexplained:
+        raise CannotRun(_missing_roster_days_message(unexplained))
     earlier, last_day = days[:-1], days[-1]
     if resume:
-        earlier = [d for d in earlier if not _refreshed(d)]
-    if earlier and {"validate", "refresh"} & set(steps):
+        earlier = [d for d in earlier if not _done(d, wanted)]
+    with_drop = [d for d in earlier if d not in no_drop]
+    if with_drop and wanted:
         t0 = time.perf_counter()
-        output = run_dir(last_day) / f"00_backfill_{earlier[0]}_{earlier[-1]}.ipynb"
-        log.info("%s .. %s backfill: validate and refresh %d day(s) in one kernel", earlier[0], earlier[-1], len(earlier))
+        output = run_dir(last_day) / f"00_backfill_{with_drop[0]}_{with_drop[-1]}.ipynb"
+        log.info("%s .. %s backfill: %s %d day(s) in one kernel", with_drop[0], with_drop[-1],
+                 " and ".join(wanted), len(with_drop))
         try:
             execute_notebook(NOTEBOOKS_DIR / "backfill.ipynb", output,
-                             {"date_from": earlier[0].isoformat(), "date_to": earlier[-1].isoformat()},
+                             {"days": ",".join(map(str, with_drop)), "steps": ",".join(wanted),
+                              "closed": ",".join(str(d) for d in with_drop if is_closed[d])},
                              progress=not quiet)
         except Exception as exc:
-            raise StepFailed(f"backfill {earlier[0]} .. {earlier[-1]} stopped: {_error_summary(exc)}; "
+            raise StepFailed(f"backfill {with_drop[0]} .. {with_drop[-1]} stopped: {_error_summary(exc)}; "
                              f"the days before the failing one were applied; open {output} to see where") from exc
-        for day in earlier:  # record the days done, so --resume and the run records know
-            state = read_state(day)
-            run_dir(day).mkdir(parents=True, exist_ok=True)
-            for name in ("validate", "refresh"):
+        log.info("backfill: %d day(s) done in %.1f s", len(with_drop), time.perf_counter() - t0)
+    for day in earlier:  # record the days done, so --resume and the run records know
+        if not wanted:
+            continue
+        state = read_state(day)
+        run_dir(day).mkdir(parents=True, exist_ok=True)
+        for name in wanted:
+            if day in no_drop:
+                state["steps"][name] = {"status": "ok", "at": utc_now_text(), "note": no_drop[day]}
+            else:
                 state["steps"][name] = {"status": "ok", "at": utc_now_text(), "in": output.name}
-            _write_state(day, state)
-        log.info("backfill: %d day(s) applied in %.1f s", len(earlier), time.perf_counter() - t0)
-    return [run_day(last_day, steps=steps, resume=resume, quiet=quiet)]
+        if day in no_drop:
+            log.info("%s: nothing to do, %s", day, no_drop[day])
+        _write_state(day, state)
+    return [run_day(last_day, steps=steps, resume=resume, quiet=quiet, empty_day=is_closed[last_day],
+                    engine=engine)]
 
 
-def _refreshed(day) -> bool:
-    return read_state(day)["steps"].get("refresh", {}).get("status") == "ok"
+def _done(day, steps) -> bool:
+    recorded = read_state(day)["steps"]
+    return all(recorded.get(name, {}).get("status") == "ok" for name in steps)
