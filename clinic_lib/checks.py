@@ -12,6 +12,10 @@ from dataclasses import dataclass
 ERROR, WARNING = "error", "warning"
 DROP, DB = "drop", "db"
 
+# The refresh refuses such a drop with these words and the gate reports it with them.
+NO_ROWS_FOR_DAY = ("the drop holds no appointments or payments for {day}, a day on the roster; if the "
+                   "clinic was closed that day, say so (--empty-day, or --closed {day} in a catch-up)")
+
 
 @dataclass(frozen=True)
 class CheckDef:
@@ -38,10 +42,10 @@ _DEFS = [
     ("timestamp.unparsable", ERROR, (DROP,), "a timestamp that is not ISO 8601"),
     ("timestamp.format", ERROR, (DB,), "SQLite only: a stored instant that is not UTC text YYYY-MM-DDTHH:MM:SS+00:00 (written by another tool); comparisons on it are wrong"),
     ("drop.other_day", ERROR, (DROP,), "a row of another day: an appointment whose local date is before D and that was neither booked nor canceled on D, or a payment not paid on D"),
-    ("drop.no_rows_for_day", WARNING, (DROP,), "the drop holds no appointment or payment of D (refresh refuses it unless --empty-day says the clinic was closed)"),
+    ("drop.no_rows_for_day", ERROR, (DROP,), NO_ROWS_FOR_DAY.format(day="D")),
     ("status.invalid", ERROR, (DROP, DB), "an appointment status other than booked, completed, canceled, no_show"),
     ("flag.invalid", ERROR, (DROP, DB), "a 0/1 flag (consent_form_received, reminder_consent, is_first_visit, active) with another value"),
-    ("id.duplicate_in_drop", ERROR, (DROP,), "the same id twice in one file of the drop (the second row is named)"),
+    ("id.duplicate_in_drop", ERROR, (DROP,), "the same id twice in one file of the drop (the second row is named; in physio_hours.csv the same physio, weekday and start_time)"),
     ("id.duplicate", ERROR, (DB,), "the same id twice in a table (only possible in a database loaded without primary keys)"),
     ("id.conflict_with_db", ERROR, (DROP,), "an id the database already uses for something else: an appointment id of another patient, a payment id of another appointment"),
     ("orphan.patient", ERROR, (DROP, DB), "an appointment whose patient is in neither the drop nor the database"),

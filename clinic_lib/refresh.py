@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from . import db, sqlite_ingest
 from .calendar import is_roster_day
 from .call_history import import_call_history, read_call_history
+from .checks import NO_ROWS_FOR_DAY
 from .config import get_settings
 from .dataset import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from .errors import UserError
@@ -214,9 +215,7 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         day_rows = int((appts["local_date"] == day_text).sum() + (pays["paid_date"] == day_text).sum())
         if day_rows == 0 and not allow_empty and is_roster_day(engine, day):
             # An empty export of a working day is more often a broken export than a quiet day.
-            raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}, "
-                            "a day on the roster; if the clinic was closed that day, say so "
-                            "(--empty-day / allow_empty=True)")
+            raise DropError("appointments.csv", NO_ROWS_FOR_DAY.format(day=day_text))
         written = deleted = 0
         with db.begin_write(engine) as conn:
             _check_references(conn, tables)

@@ -39,7 +39,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from . import db
-from .checks import CATALOGUE, DB, DROP, ERROR, for_scope
+from .calendar import is_roster_day
+from .checks import CATALOGUE, DB, DROP, ERROR, NO_ROWS_FOR_DAY, for_scope
 from .config import get_settings
 from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
 from .refresh import VERSIONED_TABLES, newer_in_database
@@ -197,7 +198,8 @@ def _describe(example: dict) -> str:
     if "file" in example:
         parts.append(str(example["file"]) + (f" line {example['line']}" if example.get("line") is not None else "")
                      + (f" column {example['column']}" if example.get("column") else ""))
-    parts += [f"{k}={str(v)[:60]!r}" if isinstance(v, str) else f"{k}={v}"
+    # a value is cut short (it may be anything); a problem is our own sentence, said in full
+    parts += [f"{k}={str(v)[:300 if k == 'problem' else 60]!r}" if isinstance(v, str) else f"{k}={v}"
               for k, v in example.items() if k not in ("file", "line", "column")]
     return ", ".join(parts)
 
@@ -589,6 +591,17 @@ def _check_values(table: str, frame: pd.DataFrame, report: Report) -> None:
         if dup.any():
             report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": id_col,
                                                  "value": frame.at[line, id_col]} for line in frame.index[dup]])
+    key = ["physio_id", "weekday", "start_time"]
+    if table == "physio_hours" and all(c in frame.columns for c in key):
+        # the roster's primary key: the refresh's insert would fail on the second block
+        blocks = pd.DataFrame({c: _strip(frame[c]) for c in key})
+        blocks["physio_id"] = _numbers(frame["physio_id"])
+        dup = blocks.duplicated(keep="first") & blocks["physio_id"].notna()
+        if dup.any():
+            report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": "start_time",
+                                                 "physio_id": frame.at[line, "physio_id"],
+                                                 "weekday": frame.at[line, "weekday"],
+                                                 "value": frame.at[line, "start_time"]} for line in frame.index[dup]])
     if not columns or frame.frame.empty:
         return
     try:
@@ -916,8 +929,12 @@ def _validate_drop(report: Report, folder: Path, engine, tz, day: dt.date, allow
         n_day += int((staged["appointments"]["local_date"] == day_text).sum())
     if "payments" in staged:
         n_day += int((staged["payments"]["paid_date"] == day_text).sum())
-    if n_day == 0 and not allow_empty and "appointments" in frames and "payments" in frames:
-        report.add("drop.no_rows_for_day", [{"file": "appointments.csv", "day": day_text}])
+    if n_day == 0 and not allow_empty and "appointments" in frames and "payments" in frames \
+            and is_roster_day(engine, day):
+        # the refresh's rule and words (refresh_day): an empty export of a working day is more
+        # often a broken export than a quiet day
+        report.add("drop.no_rows_for_day", [{"file": "appointments.csv", "day": day_text,
+                                             "problem": NO_ROWS_FOR_DAY.format(day=day_text)}])
     day_start, day_end = local_day_bounds_utc(day, tz)
     params = {"day": day_text, "horizon": day_end, "day_start": day_start, "day_end": day_end,
               "factor": payment_max_factor()}
