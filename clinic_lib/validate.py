@@ -705,7 +705,9 @@ def _stage_frames(frames: dict, tz, day: dt.date, report: Report) -> dict[str, p
         out["patients"] = pd.DataFrame({"patient_id": _ids(f, "patient_id"), "line": f.index})
     if "physios" in frames:
         f = frames["physios"]
-        out["physios"] = pd.DataFrame({"physio_id": _ids(f, "physio_id"), "line": f.index})
+        active = (pd.to_numeric(_strip(f["active"]), errors="coerce").where(_ok_flag(f["active"])).astype("Int64")
+                  if "active" in f else pd.Series(pd.NA, index=f.index, dtype="Int64"))
+        out["physios"] = pd.DataFrame({"physio_id": _ids(f, "physio_id"), "active": active, "line": f.index})
     if "physio_hours" in frames:
         f = frames["physio_hours"]
         hours = pd.DataFrame({"physio_id": _ids(f, "physio_id"),
@@ -776,7 +778,7 @@ def _stage_frames(frames: dict, tz, day: dt.date, report: Report) -> dict[str, p
 
 _STAGE_COLUMNS = {
     "patients": [("patient_id", "id"), ("line", "int")],
-    "physios": [("physio_id", "id"), ("line", "int")],
+    "physios": [("physio_id", "id"), ("active", "int"), ("line", "int")],
     "physio_hours": [("physio_id", "id"), ("weekday", "int"), ("start_time", "text"), ("end_time", "text"),
                      ("line", "int")],
     "appointments": [("appointment_id", "id"), ("patient_id", "id"), ("physio_id", "id"), ("appt_start", "ts"),
@@ -994,6 +996,15 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
                 ORDER BY a.line""")
             if rows:
                 report.add(check_id, [_example(r, "appointments.csv", col) for r in rows])
+        # a booking after D with a physio who has left, as the drop says or else the database
+        rows = _rows(conn, f"""
+            SELECT a.line, a.appointment_id, a.physio_id AS value, a.local_date FROM vstg_appointments a
+            WHERE a.status = 'booked' AND a.local_date > {day} AND a.physio_id IS NOT NULL
+              AND COALESCE((SELECT s.active FROM vstg_physios s WHERE s.physio_id = a.physio_id),
+                           (SELECT p.active FROM physios p WHERE p.physio_id = a.physio_id)) = 0
+            ORDER BY a.line""", **params)
+        if rows:
+            report.add("physio.inactive", [_example(r, "appointments.csv", "physio_id") for r in rows])
         # ids the database uses for something else
         rows = _rows(conn, """
             SELECT s.line, s.appointment_id, s.patient_id AS value, a.patient_id AS patient_id_in_database
@@ -1302,6 +1313,17 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
                 out.add(check_id, [{"table": table, "column": col, **r} for r in rows], count=n)
         _db_contacts(conn, out)
     tasks.append(small_tables)
+
+    def inactive_physios(conn, out: Report):
+        # booked from today on with a physio who has left (the local_date index, then the physio)
+        cond = f"""a.status = 'booked' AND a.local_date >= {_date_param_for(sqlite, 'today')}
+                   AND EXISTS (SELECT 1 FROM physios p WHERE p.physio_id = a.physio_id AND p.active = 0)"""
+        n = conn.execute(sa.text(f"SELECT COUNT(*) FROM appointments a WHERE {cond}"), {"today": today}).scalar()
+        if n:
+            rows = _rows(conn, f"""SELECT a.appointment_id, a.physio_id AS value, a.local_date FROM appointments a
+                WHERE {cond} ORDER BY a.appointment_id LIMIT {MAX_EXAMPLES}""", today=today)
+            out.add("physio.inactive", [{"table": "appointments", "column": "physio_id", **r} for r in rows], count=n)
+    tasks.append(inactive_physios)
 
     def roster(conn, out: Report):
         hours = pd.read_sql(sa.text("SELECT physio_id, weekday, start_time, end_time FROM physio_hours"), conn)
