@@ -66,7 +66,8 @@ _DEFS = [
     ("payment.too_much", WARNING, (DROP, DB), "payments of one appointment add up to more than PAYMENT_MAX_FACTOR (default 3) times its price_estimate"),
     ("payment.before_appointment", ERROR, (DROP, DB), "paid_at is before the appointment's start (a payment booked to the wrong visit)"),
     ("payment.duplicate", ERROR, (DROP, DB), "two payments with the same appointment, amount and paid_at (counted twice)"),
-    ("patient.phone_invalid", WARNING, (DROP, DB), "a phone number that cannot be dialled: it does not normalise to a possible E.164 number (default region PHONE_REGION, DE)"),
+    ("patient.phone_scientific", ERROR, (DROP, DB), "a phone number in scientific notation (4.91762E+11: a spreadsheet stored it as a number): its digits are lost and cannot be recovered; export the column as text"),
+    ("patient.phone_invalid", WARNING, (DROP, DB), "a phone number that cannot be dialled: it does not normalise to a possible E.164 number (default region PHONE_REGION, DE); the callback list marks it as no phone"),
     ("patient.email_invalid", WARNING, (DROP, DB), "an email address that is not of the form name@domain.tld"),
 ]
 

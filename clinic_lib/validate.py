@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from . import db
+from . import db, phones
 from .calendar import is_roster_day
 from .checks import CATALOGUE, DB, DROP, ERROR, NO_ROWS_FOR_DAY, for_scope
 from .config import get_settings
@@ -361,17 +361,6 @@ def email_ok(s: pd.Series) -> pd.Series:
     return (t == "") | t.str.fullmatch(_EMAIL).fillna(False).astype(bool)
 
 
-def phone_possible(number: str, region: str) -> bool:
-    """Can this number be dialled: a *possible* full number for phonenumbers (E.164 normalisation);
-    IS_POSSIBLE_LOCAL_ONLY does not count."""
-    import phonenumbers
-    try:
-        parsed = phonenumbers.parse(str(number)[:64], region)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_possible_number_with_reason(parsed) == phonenumbers.ValidationResult.IS_POSSIBLE
-
-
 def _db_contacts(conn, out: Report) -> None:
     """patient.phone_invalid / patient.email_invalid over the whole table (vectorised, see phone_ok;
     grouping the shapes in SQL was measured slower than pandas)."""
@@ -383,7 +372,8 @@ def _db_contacts(conn, out: Report) -> None:
         cursor.close()
     ids, phones, emails = (list(c) for c in zip(*rows)) if rows else ([], [], [])
     p = pd.DataFrame({"patient_id": ids, "phone": phones, "email": emails}, dtype=object)
-    for check_id, column, ok in (("patient.phone_invalid", "phone", phone_ok),
+    for check_id, column, ok in (("patient.phone_scientific", "phone", phone_not_scientific),
+                                 ("patient.phone_invalid", "phone", phone_ok),
                                  ("patient.email_invalid", "email", email_ok)):
         wrong = p[~ok(p[column])] if len(p) else p
         if len(wrong):
@@ -393,26 +383,13 @@ def _db_contacts(conn, out: Report) -> None:
 
 
 def phone_ok(s: pd.Series, region: str | None = None) -> pd.Series:
-    """True where a phone is empty or normalises to a possible number (phonenumbers, E.164).
+    """patient.phone_invalid passes: empty, dialable, or in scientific notation (which is
+    patient.phone_scientific's to report)."""
+    return phones.possible_or_empty(s, region or phone_region()) | phones.scientific(s)
 
-    Vectorised: numbers are grouped by shape (separators removed; digits-only numbers keyed by
-    their first six characters and their length, which is what decides "possible" - the country
-    code and the length of the national number), and phonenumbers runs once per shape.
-    """
-    region = region or phone_region()
-    t = s.fillna("").astype(str).str.strip()
-    empty = t == ""
-    norm = t.str.replace(r"[\s\-./()]", "", regex=True)
-    simple = norm.str.fullmatch(r"\+*\d{1,30}").fillna(False).astype(bool)
-    key = norm.where(~simple, norm.str[:6] + "#" + norm.str.len().astype(str))
-    result = pd.Series(True, index=s.index)
-    todo = ~empty
-    if not todo.any():
-        return result
-    reps = norm[todo].groupby(key[todo], sort=False).first()
-    verdict = {k: phone_possible(v, region) for k, v in reps.items()}
-    result[todo] = key[todo].map(verdict).astype(bool)
-    return result
+
+def phone_not_scientific(s: pd.Series) -> pd.Series:
+    return ~phones.scientific(s)
 
 
 # kind of column -> [(check id, ok-function)]
@@ -430,7 +407,7 @@ KINDS = {
     "date": [("value.type", _ok_date)],
     "price": [("value.type", _ok_amount_type), ("price.negative", _ok_not_negative)],
     "amount": [("value.missing", _ok_required), ("value.type", _ok_amount_type), ("payment.negative", _ok_not_negative)],
-    "phone": [("patient.phone_invalid", lambda s: phone_ok(s))],
+    "phone": [("patient.phone_scientific", phone_not_scientific), ("patient.phone_invalid", lambda s: phone_ok(s))],
     "email": [("patient.email_invalid", email_ok)],
     "weekday": [("value.type", _ok_weekday)],
     "hhmm": [("value.type", _ok_hhmm)],

@@ -45,7 +45,8 @@ def _plant(engine, with_bad_text: bool = False):
                 dict(patient, patient_id=1, phone="+49 151 12345678", email="a@example.org", gender="F"),  # id.duplicate x2
                 dict(patient, patient_id=2, phone="12", email=None, gender=None),             # phone_invalid
                 dict(patient, patient_id=3, phone=None, email="x@", gender=None),             # email_invalid
-                dict(patient, patient_id=4, phone=None, email=None, gender="Q")]              # value.choice
+                dict(patient, patient_id=4, phone=None, email=None, gender="Q"),              # value.choice
+                dict(patient, patient_id=5, phone="4.91762E+11", email=None, gender=None)]    # phone_scientific
     hours = [dict(physio_id=1, weekday=w, start_time="08:00", end_time="18:00") for w in range(5)] + \
             [dict(physio_id=9, weekday=0, start_time="08:00", end_time="12:00")]              # orphan.physio
     z = "+00:00"
@@ -93,7 +94,7 @@ EXPECTED = {
     "time.canceled_at_not_canceled": 1, "time.canceled_after_start": 1, "time.outcome_in_future": 1,
     "status.invalid": 1, "price.negative": 1, "roster.outside": 1, "payment.negative": 1,
     "payment.not_completed": 1, "payment.too_much": 1, "payment.before_appointment": 1, "payment.duplicate": 1,
-    "physio.inactive": 1,
+    "physio.inactive": 1, "patient.phone_scientific": 1,
 }
 
 

@@ -152,6 +152,8 @@ def bad_drops():
         pay(0, "paid_at", "2026-03-30T08:30:00+02:00")
     yield "payment_duplicate", "payment.duplicate", "payments.csv", 4, "payment 602 repeats 600", \
         lambda t: t["payments"].append(_set(t["payments"][0], P["payment_id"], "602"))
+    yield "phone_scientific", "patient.phone_scientific", "patients.csv", 5, "phone 4.91702E+11 (a spreadsheet's)", \
+        pat(3, "phone", "4.91702E+11")
     yield "phone_invalid", "patient.phone_invalid", "patients.csv", 5, "phone 12", pat(3, "phone", "12")
     yield "email_invalid", "patient.email_invalid", "patients.csv", 5, "email eva@@example", pat(3, "email", "eva@@example")
 
