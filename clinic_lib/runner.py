@@ -144,6 +144,28 @@ def _error_summary(exc: Exception) -> str:
     return f"{name}: {value}".strip()
 
 
+def os_error_text(exc: OSError) -> str:
+    """'<path>: <cause>' in words, for a one-line message."""
+    path = exc.filename or ""
+    cause = exc.strerror or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        cause += " (a file is where a folder is needed)"
+    return f"{path}: {cause}" if path else cause
+
+
+def prepare_run_dir(day: dt.date) -> dict:
+    """Create D's run folder and read its state: before the first step, so an OS error here is a
+    run that could not start (CannotRun, exit 2), not a failed step."""
+    try:
+        run_dir(day).mkdir(parents=True, exist_ok=True)
+        return read_state(day)
+    except OSError as exc:
+        raise CannotRun(f"could not run: cannot prepare the run folder, {os_error_text(exc)}") from exc
+    except ValueError as exc:  # state.json that is not JSON
+        raise CannotRun(f"could not run: {_state_path(day)} is not a run record ({exc}); "
+                        "remove it to start the day's record afresh") from exc
+
+
 def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quiet: bool = False,
             empty_day: bool = False, engine=None) -> RunResult:
     """Run the chain for clinic day ``day``; stops at the first failing step (raises StepFailed)."""
@@ -151,8 +173,7 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
     day = parse_day(day)
     engine = engine or db.make_engine()
     out_dir = run_dir(day)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = read_state(day)
+    state = prepare_run_dir(day)
     result = RunResult(day)
     no_drop = no_drop_reason(day, engine, empty_day) if {"validate", "refresh"} & set(steps) else None
     for index, step in enumerate(STEPS, start=1):
@@ -163,55 +184,63 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
             log.info("%s %s: skipped, succeeded before", day, step.name)
             continue
         t0 = time.perf_counter()
-        if step.name in ("validate", "refresh") and no_drop:
-            # Nothing to check or apply: the day is recorded as done, the database is untouched.
-            res = StepResult(step.name, "ok", 0.0, note=no_drop)
-            log.info("%s %s: nothing to do, %s", day, step.name, no_drop)
-            state["steps"][step.name] = {"status": "ok", "at": utc_now_text(), "note": no_drop}
+        output = out_dir / f"{index:02d}_{step.name}.ipynb" if step.notebook else None
+        nothing_to_do = step.name in ("validate", "refresh") and no_drop
+        try:
+            if nothing_to_do:
+                # Nothing to check or apply: the day is recorded as done, the database is untouched.
+                res = StepResult(step.name, "ok", 0.0, note=no_drop)
+                log.info("%s %s: nothing to do, %s", day, step.name, no_drop)
+            else:
+                log.info("%s %s: start (%s)", day, step.name, step.about)
+                res = _run_step(step, day, output, engine, empty_day, quiet, t0)
+            entry = {"status": "ok", "at": utc_now_text(), "seconds": round(res.seconds, 2)}
+            entry.update({"note": res.note} if res.note else {})
+            state["steps"][step.name] = entry
             _write_state(day, state)
-            result.steps.append(res)
-            continue
-        log.info("%s %s: start (%s)", day, step.name, step.about)
-        if step.name == "report":
-            from .report import render_run_report
-            path = render_run_report(out_dir)
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, path)
-        elif step.name == "train" and not _model_needs_training():
-            # No kernel start for a model that is fresh: the step is done by not being needed.
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh, not retrained")
-            log.info("%s train: model is fresh (younger than MODEL_MAX_AGE_DAYS), not retrained", day)
-        elif step.name == "score" and not _model_exists():
-            # A young clinic without enough history has no model yet: the callback list then uses
-            # the heuristic risk (and says so); that is not a failure of the evening's run.
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, note="no model yet: heuristic risk")
-            log.warning("%s score: no model yet (too little history to train): the callback list "
-                        "uses the heuristic risk", day)
-        else:
-            output = out_dir / f"{index:02d}_{step.name}.ipynb"
+        except Exception as exc:  # papermill's error carries the notebook's exception
+            seconds = time.perf_counter() - t0
+            summary = _error_summary(exc)
+            state["steps"][step.name] = {"status": "failed", "at": utc_now_text(), "error": summary}
             try:
-                params = step_parameters(step.name, day, engine, empty_day)
-                execute_notebook(NOTEBOOKS_DIR / step.notebook, output, params, progress=not quiet)
-            except Exception as exc:  # papermill's error carries the notebook's exception
-                seconds = time.perf_counter() - t0
-                if step.name == "train" and getattr(exc, "ename", "") == "NotEnoughData":
-                    log.warning("%s train: %s; going on without a model", day, _error_summary(exc))
-                    state["steps"][step.name] = {"status": "ok", "at": utc_now_text(),
-                                                 "note": "too little history: not trained"}
-                    _write_state(day, state)
-                    result.steps.append(StepResult(step.name, "ok", seconds, output, "too little history"))
-                    continue
-                state["steps"][step.name] = {"status": "failed", "at": utc_now_text(),
-                                             "error": _error_summary(exc)}
                 _write_state(day, state)
-                result.steps.append(StepResult(step.name, "failed", seconds, output, _error_summary(exc)))
-                where = f"; open {output} to see where" if output.exists() else ""
-                raise StepFailed(f"day {day}, step '{step.name}' failed: {_error_summary(exc)}{where}") from exc
-            res = StepResult(step.name, "ok", time.perf_counter() - t0, output)
-        state["steps"][step.name] = {"status": "ok", "at": utc_now_text(), "seconds": round(res.seconds, 2)}
-        _write_state(day, state)
+            except OSError as record_exc:
+                summary += f" (and its record could not be written: {os_error_text(record_exc)})"
+            result.steps.append(StepResult(step.name, "failed", seconds, output, summary))
+            where = f"; open {output} to see where" if output is not None and output.exists() else ""
+            raise StepFailed(f"day {day}, step '{step.name}' failed: {summary}{where}") from exc
         result.steps.append(res)
-        log.info("%s %s: ok in %.1f s", day, step.name, res.seconds)
+        if not nothing_to_do:
+            log.info("%s %s: ok in %.1f s", day, step.name, res.seconds)
     return result
+
+
+def _run_step(step: Step, day: dt.date, output: Path | None, engine, empty_day: bool, quiet: bool,
+              t0: float) -> StepResult:
+    """One step of D's chain (its notebook to ``output``); raises what the step raised."""
+    if step.name == "report":
+        from .report import render_run_report
+        path = render_run_report(run_dir(day))
+        return StepResult(step.name, "ok", time.perf_counter() - t0, path)
+    if step.name == "train" and not _model_needs_training():
+        # No kernel start for a model that is fresh: the step is done by not being needed.
+        log.info("%s train: model is fresh (younger than MODEL_MAX_AGE_DAYS), not retrained", day)
+        return StepResult(step.name, "ok", time.perf_counter() - t0, note="model is fresh, not retrained")
+    if step.name == "score" and not _model_exists():
+        # A young clinic without enough history has no model yet: the callback list then uses
+        # the heuristic risk (and says so); that is not a failure of the evening's run.
+        log.warning("%s score: no model yet (too little history to train): the callback list "
+                    "uses the heuristic risk", day)
+        return StepResult(step.name, "ok", time.perf_counter() - t0, note="no model yet: heuristic risk")
+    try:
+        params = step_parameters(step.name, day, engine, empty_day)
+        execute_notebook(NOTEBOOKS_DIR / step.notebook, output, params, progress=not quiet)
+    except Exception as exc:
+        if step.name == "train" and getattr(exc, "ename", "") == "NotEnoughData":
+            log.warning("%s train: %s; going on without a model", day, _error_summary(exc))
+            return StepResult(step.name, "ok", time.perf_counter() - t0, output, "too little history: not trained")
+        raise
+    return StepResult(step.name, "ok", time.perf_counter() - t0, output)
 
 
 def run_lock(timeout: float = 0):
@@ -222,13 +251,16 @@ def run_lock(timeout: float = 0):
 
 
 def locked(timeout: float = 0):
-    lock = run_lock(timeout)
+    """Take the run lock; a lock that cannot even be created is a run that could not start."""
     try:
+        lock = run_lock(timeout)
         lock.acquire()
-    except Timeout:
+    except Timeout:  # (an OSError too: first)
         raise RunLocked("another run_daily.py is running (lock outputs/.run.lock held); "
                         "this run did nothing. Try again when it has finished, or pass "
                         "--wait SECONDS to wait for it.") from None
+    except OSError as exc:
+        raise CannotRun(f"could not run: cannot take the run lock, {os_error_text(exc)}") from exc
     return lock
 
 
@@ -294,6 +326,7 @@ def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = F
     if unexplained:
         raise CannotRun(_missing_roster_days_message(unexplained))
     earlier, last_day = days[:-1], days[-1]
+    prepare_run_dir(last_day)  # the backfill's record goes there: a folder that cannot be made stops us now
     if resume:
         earlier = [d for d in earlier if not _done(d, wanted)]
     with_drop = [d for d in earlier if d not in no_drop]
@@ -311,23 +344,26 @@ def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = F
             raise StepFailed(f"backfill {with_drop[0]} .. {with_drop[-1]} stopped: {_error_summary(exc)}; "
                              f"the days before the failing one were applied; open {output} to see where") from exc
         log.info("backfill: %d day(s) done in %.1f s", len(with_drop), time.perf_counter() - t0)
-    for day in earlier:  # record the days done, so --resume and the run records know
-        if not wanted:
-            continue
-        state = read_state(day)
-        run_dir(day).mkdir(parents=True, exist_ok=True)
-        for name in wanted:
-            if day in no_drop:
-                state["steps"][name] = {"status": "ok", "at": utc_now_text(), "note": no_drop[day]}
-            else:
-                state["steps"][name] = {"status": "ok", "at": utc_now_text(), "in": output.name}
+    for day in earlier if wanted else ():  # record the days done, so --resume and the run records know
         if day in no_drop:
             log.info("%s: nothing to do, %s", day, no_drop[day])
-        _write_state(day, state)
+        try:
+            run_dir(day).mkdir(parents=True, exist_ok=True)
+            state = read_state(day)
+            for name in wanted:
+                done = {"note": no_drop[day]} if day in no_drop else {"in": output.name}
+                state["steps"][name] = {"status": "ok", "at": utc_now_text(), **done}
+            _write_state(day, state)
+        except (OSError, ValueError) as exc:
+            cause = os_error_text(exc) if isinstance(exc, OSError) else f"{_state_path(day)}: {exc}"
+            raise StepFailed(f"day {day}: done, but its record could not be written: {cause}") from exc
     return [run_day(last_day, steps=steps, resume=resume, quiet=quiet, empty_day=is_closed[last_day],
                     engine=engine)]
 
 
 def _done(day, steps) -> bool:
-    recorded = read_state(day)["steps"]
+    try:
+        recorded = read_state(day)["steps"]
+    except (OSError, ValueError) as exc:
+        raise CannotRun(f"could not run: cannot read {_state_path(day)} for --resume ({exc})") from exc
     return all(recorded.get(name, {}).get("status") == "ok" for name in steps)
