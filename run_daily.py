@@ -10,7 +10,9 @@
                                                     # ... naming the days the clinic was closed
 
 Exit codes: 0 done; 1 a step failed (the message names the step, the error and the notebook to
-open); 2 bad arguments (nothing ran); 3 another run holds the lock (nothing ran).
+open); 2 could not run (bad arguments, outputs/ not writable, a roster day without a drop: nothing
+ran); 3 another run holds the lock (nothing ran); 128 + the signal's number (143 SIGTERM,
+130 SIGINT, 129 SIGHUP) stopped: the running notebook's kernel was stopped first.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import argparse
 import logging
 import sys
 
-from clinic_lib import runner
+from clinic_lib import kernels, runner
 from clinic_lib.errors import UserError
 from clinic_lib.timeutil import BadDate, parse_day
 
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s" if args.quiet else "%(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # our own lines say which step runs
     try:
-        with runner.locked(args.wait):
+        # a stop signal first stops the running notebook kernel, then the lock is let go
+        with kernels.stopping_kernels_on_signals(), runner.locked(args.wait):
             if args.date_from:
                 runner.run_range(args.date_from, args.date_to, steps=steps, resume=args.resume,
                                  quiet=args.quiet, empty_day=args.empty_day, closed=args.closed)
@@ -90,6 +93,9 @@ def main(argv=None) -> int:
                 print(f"day {day}: {len(result.steps)} step(s) done; records in {runner.run_dir(day)}")
     except UserError as exc:
         print(f"run_daily.py: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except kernels.RunStopped as exc:
+        print(f"run_daily.py: {kernels.stopped_message(exc, runner.current_work())}", file=sys.stderr)
         return exc.exit_code
     return 0
 

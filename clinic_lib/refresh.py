@@ -5,7 +5,9 @@
   exactly: rows of D that are gone from the drop are deleted;
 - every other row of the drop (future appointments booked or changed on D, the patients and
   physios they reference) is upserted by id;
-- the run is logged in ``etl_runs`` whether it worked or not; a failed run changes nothing else.
+- the run is logged in ``etl_runs`` whether it worked or not: a refresh that worked in the same
+  transaction as its data (a run stopped at any point leaves both or neither), a failed one in a
+  transaction of its own, which changes nothing else.
 Applying the same drop twice leaves the database identical.
 """
 from __future__ import annotations
@@ -120,11 +122,19 @@ def bulk_insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
 
 def log_etl_run(engine: sa.Engine, job: str, day, started: str, status: str, rows_read=0,
                 rows_written=0, error: str | None = None) -> None:
+    """One row of etl_runs, in a transaction of its own (a run that changed nothing)."""
     with db.begin_write(engine) as conn:
-        conn.execute(db.etl_runs.insert().values(
-            job=job, day=str(day) if day else None, started_at=started, finished_at=utc_now_text(),
-            status=status, rows_read=rows_read, rows_written=rows_written,
-            error_message=(error or None) and str(error)[:2000]))
+        insert_etl_run(conn, job, day, started, status, rows_read, rows_written, error)
+
+
+def insert_etl_run(conn: sa.Connection, job: str, day, started: str, status: str, rows_read=0,
+                   rows_written=0, error: str | None = None) -> None:
+    """One row of etl_runs in the caller's transaction: with the data it records, so that both
+    are committed or neither."""
+    conn.execute(db.etl_runs.insert().values(
+        job=job, day=str(day) if day else None, started_at=started, finished_at=utc_now_text(),
+        status=status, rows_read=rows_read, rows_written=rows_written,
+        error_message=(error or None) and str(error)[:2000]))
 
 
 def _check_references(conn: sa.Connection, tables: Tables) -> None:
@@ -237,6 +247,9 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
                     written += bulk_insert(conn, table, hours)
                 elif table in tables.frames:
                     written += upsert(conn, table, tables[table])
+            # the record of the refresh commits with its data: a run stopped at any point leaves
+            # both or neither
+            insert_etl_run(conn, "refresh", day, started, "ok", rows_read, written)
     except DropError as exc:
         log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, str(exc))
         raise
@@ -244,7 +257,6 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         message = _describe_integrity_error(exc)
         log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, message)
         raise RefreshError(f"refresh of {day}: {message}; nothing was changed") from exc
-    log_etl_run(engine, "refresh", day, started, "ok", rows_read, written)
     return RefreshResult(day, rows_read, written, deleted, time.perf_counter() - t0)
 
 

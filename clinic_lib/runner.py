@@ -12,6 +12,7 @@ run at a time may write: a second run exits at once with a clear message (see ``
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -24,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from .config import PROJECT_ROOT, get_settings
 from .errors import CannotRun, UserError
+from .kernels import RunStopped
 from .timeutil import parse_day, utc_now_text
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -130,18 +132,36 @@ def _model_needs_training() -> bool:
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict, progress: bool = True) -> None:
-    """Run one notebook with papermill (kernel python3, cwd notebooks/), keeping the executed copy."""
+    """Run one notebook with papermill (kernel python3, cwd notebooks/), keeping the executed copy.
+
+    The kernel is a ``kernels.RunKernelManager``'s: over IPC where the platform has it, and
+    stopped with the run (``kernels.stopping_kernels_on_signals``).
+    """
     import papermill as pm
+
+    from .kernels import RunKernelManager
     output.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                         cwd=str(notebook.parent), progress_bar=progress, log_output=False,
-                        request_save_on_cell_execute=False)
+                        request_save_on_cell_execute=False, kernel_manager_class=RunKernelManager)
 
 
 def _error_summary(exc: Exception) -> str:
     name = getattr(exc, "ename", type(exc).__name__)
     value = getattr(exc, "evalue", str(exc))
     return f"{name}: {value}".strip()
+
+
+_working_on = ["the start of the run"]
+
+
+def working_on(what: str) -> None:
+    """Say what the run is doing now (for the message of a run that is stopped)."""
+    _working_on[0] = what
+
+
+def current_work() -> str:
+    return _working_on[0]
 
 
 def os_error_text(exc: OSError) -> str:
@@ -193,11 +213,17 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
                 log.info("%s %s: nothing to do, %s", day, step.name, no_drop)
             else:
                 log.info("%s %s: start (%s)", day, step.name, step.about)
+                working_on(f"day {day}, step '{step.name}'")
                 res = _run_step(step, day, output, engine, empty_day, quiet, t0)
             entry = {"status": "ok", "at": utc_now_text(), "seconds": round(res.seconds, 2)}
             entry.update({"note": res.note} if res.note else {})
             state["steps"][step.name] = entry
             _write_state(day, state)
+        except RunStopped:
+            state["steps"][step.name] = {"status": "stopped", "at": utc_now_text()}
+            with contextlib.suppress(OSError):
+                _write_state(day, state)
+            raise
         except Exception as exc:  # papermill's error carries the notebook's exception
             seconds = time.perf_counter() - t0
             summary = _error_summary(exc)
@@ -335,6 +361,7 @@ def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = F
         output = run_dir(last_day) / f"00_backfill_{with_drop[0]}_{with_drop[-1]}.ipynb"
         log.info("%s .. %s backfill: %s %d day(s) in one kernel", with_drop[0], with_drop[-1],
                  " and ".join(wanted), len(with_drop))
+        working_on(f"the backfill {with_drop[0]} .. {with_drop[-1]}")
         try:
             execute_notebook(NOTEBOOKS_DIR / "backfill.ipynb", output,
                              {"days": ",".join(map(str, with_drop)), "steps": ",".join(wanted),
