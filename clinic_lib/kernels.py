@@ -64,9 +64,11 @@ class RunKernelManager(AsyncKernelManager):
                 self._ipc_dir = folder
                 return "ipc"
             os.rmdir(folder)
-        if curve_available():
-            self.transport_encryption = "required"
         return "tcp"
+
+    @default("transport_encryption")  # a trait of jupyter_client 8.10 on; ignored before
+    def _default_transport_encryption(self) -> str:
+        return "required" if self.transport == "tcp" and curve_available() else "disabled"
 
     @default("ip")
     def _ip_default(self) -> str:
@@ -75,6 +77,14 @@ class RunKernelManager(AsyncKernelManager):
         if self.transport == "ipc" and self._ipc_dir:
             return os.path.join(self._ipc_dir, "k")
         return super()._ip_default()
+
+    async def _async_interrupt_kernel(self) -> None:
+        # jupyter_client interrupts a kernel before it asks it to shut down; papermill shuts a
+        # kernel down when it is idle, and an interrupt that lands in one of its message handlers
+        # prints "KeyboardInterrupt caught in kernel" in the user's terminal
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
 
     async def _async_launch_kernel(self, kernel_cmd, **kw) -> None:
         await super()._async_launch_kernel(kernel_cmd, **kw)
