@@ -306,12 +306,19 @@ def no_drop_reason(day, engine, closed: bool) -> str | None:
     physio works that weekday) without an export is an empty day; a roster day is not (the
     caller says what to do).
     """
+    import sqlalchemy as sa
+
     from .calendar import is_roster_day
     if has_drop(day):
         return None
     if closed:
         return "no drop: the clinic was closed (--empty-day / --closed)"
-    if not is_roster_day(engine, day):
+    try:
+        roster_day = is_roster_day(engine, day)
+    except sa.exc.SQLAlchemyError as exc:
+        raise CannotRun(f"could not run: the database could not be read for the roster: "
+                        f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
+    if not roster_day:
         return f"no drop on a {parse_day(day):%A}, a day off the roster: nothing to apply"
     return None
 

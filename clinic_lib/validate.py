@@ -362,8 +362,8 @@ def email_ok(s: pd.Series) -> pd.Series:
 
 
 def _db_contacts(conn, out: Report) -> None:
-    """patient.phone_invalid / patient.email_invalid over the whole table (vectorised, see phone_ok;
-    grouping the shapes in SQL was measured slower than pandas)."""
+    """patient.phone_scientific, patient.phone_invalid and patient.email_invalid over the whole
+    table (vectorised, see phones.possible_or_empty; grouping the shapes in SQL is slower)."""
     cursor = conn.connection.cursor()  # the DB-API cursor: plain tuples, no Row objects for 60k rows
     try:
         cursor.execute("SELECT patient_id, phone, email FROM patients WHERE phone IS NOT NULL OR email IS NOT NULL")

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from clinic_lib import db, validate
 from clinic_lib.cli import main
