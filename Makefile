@@ -24,12 +24,15 @@ demo: $(STAMP)
 	$(BIN)/python run_daily.py --from $$($(BIN)/clinic demo-day --first) --to $$($(BIN)/clinic demo-day)
 	@$(BIN)/clinic where
 
+# Tests run in parallel (pytest-xdist), one worker per core unless TEST_WORKERS says otherwise; the
+# tests of a module that shares an expensive fixture (a demo clinic, a server) stay on one worker.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Everything but the slow end-to-end tests (those marked slow).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 dashboard: $(STAMP)
 	$(BIN)/clinic dashboard
@@ -40,8 +43,20 @@ api: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# Every bench in one run: each writes its figures to outputs/bench/, then docs/benchmarks.md is
+# regenerated from them (the run id keeps older files out). A failing bench does not stop the others;
+# the report names it and make fails at the end.
 bench: $(STAMP)
-	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	rm -rf outputs/bench && mkdir -p outputs/bench
+	@export CLINIC_BENCH_RUN_ID=$$(date -u +%Y%m%dT%H%M%SZ); failed=""; \
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || failed="$$failed $$f"; done; \
+	$(BIN)/python bench/report.py || exit 1; \
+	if [ -n "$$failed" ]; then echo "bench failed:$$failed"; exit 1; fi
+
+# Regenerate what docs/ holds generated from the code: the check catalogue in docs/validation.md.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -m clinic_lib.validation.checks docs/validation.md
 
 # Start the demo over: removes the demo database, data and outputs (never touches a DATABASE_URL).
 clean-demo:

@@ -16,9 +16,9 @@ import argparse
 import logging
 import sys
 
-from clinic_lib import runner
-from clinic_lib.errors import UserError
-from clinic_lib.timeutil import BadDate, parse_day
+from clinic_lib.pipeline import runner
+from clinic_lib.core.errors import UserError
+from clinic_lib.core.timeutil import BadDate, parse_day
 
 
 def _day(text: str):

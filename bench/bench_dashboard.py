@@ -64,7 +64,8 @@ def _serialize(view):
 
 def in_process(url: str, repeat: int) -> list[tuple]:
     t0 = time.perf_counter()
-    from clinic_lib import dashboard, db  # noqa: F401  (the import is part of a kernel's first render)
+    from clinic_lib.core import db  # noqa: F401
+    from clinic_lib.dashboard import page as dashboard  # noqa: F401  (the import is part of a kernel's first render)
     engine = db.make_engine(url)
     day, as_of = BENCH_TODAY - dt.timedelta(days=1), BENCH_TODAY
     with engine.connect() as conn:
@@ -129,7 +130,7 @@ def _kernel_memory_mb(pid: int) -> dict[str, float]:
 
 
 def _leave(page):
-    """Leave the page as a user does: its beacon ends its kernel (clinic_lib/voila_server.py)."""
+    """Leave the page as a user does: its beacon ends its kernel (clinic_lib/dashboard/server.py)."""
     page.goto("about:blank")
     page.close()
 
@@ -138,8 +139,8 @@ def in_browser(url: str, repeat: int, settle: float = 30.0, screenshot: Path | N
                idle_gap: float | None = None) -> tuple[list[tuple], list[tuple]]:
     from playwright.sync_api import sync_playwright
 
-    from clinic_lib import dashboard
-    from clinic_lib.config import get_settings
+    from clinic_lib.dashboard import page as dashboard
+    from clinic_lib.core.config import get_settings
     port = _free_port()
     env = dashboard.voila_env(dict(os.environ, DATABASE_URL=url))
     cell_timeout = get_settings().dashboard_cell_timeout
@@ -248,7 +249,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     os.environ.setdefault("CLINIC_TZ", "Europe/Berlin")
     url = a.db_url or loaded_sqlite(a.scale, name="dashboard")[0]
-    from clinic_lib import db
+    from clinic_lib.core import db
     engine = db.make_engine(url)
     with engine.connect() as conn:
         n = conn.exec_driver_sql("SELECT COUNT(*) FROM appointments").scalar()

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .timeutil import BadDate, parse_day
+from clinic_lib.core.timeutil import BadDate, parse_day
 
 
 def _day(value: str) -> dt.date:
@@ -23,9 +23,8 @@ def _day(value: str) -> dt.date:
 
 
 def _today():
-    from .config import get_settings
-    from .timeutil import today_local
-    return today_local(get_settings().clinic_tz)
+    from clinic_lib.core.clinic_days import clinic_today
+    return clinic_today()
 
 
 # --- demo / load / migrate / refresh (foundation) ------------------------------------------------
@@ -45,8 +44,8 @@ def args_demo(p):
 
 
 def cmd_demo(a):
-    from .config import get_settings
-    from .demo import generate_demo
+    from clinic_lib.core.config import get_settings
+    from clinic_lib.ingest.demo import generate_demo
     summary = generate_demo(
         a.data_dir or get_settings().data_dir, seed=a.seed, today=a.today or _today(),
         physios=a.physios * a.scale, patients=(a.patients or 400 * a.physios) * a.scale,
@@ -62,7 +61,7 @@ def cmd_demo(a):
 
 
 def _demo_marker(data_dir=None) -> Path:
-    from .config import get_settings
+    from clinic_lib.core.config import get_settings
     return Path(data_dir or get_settings().data_dir) / "demo.json"
 
 
@@ -86,7 +85,7 @@ def args_where(p):
 
 
 def cmd_where(a):
-    from .config import get_settings
+    from clinic_lib.core.config import get_settings
     s = get_settings()
     print(f"""
 Outputs
@@ -111,7 +110,7 @@ def args_load(p):
 
 
 def cmd_load(a):
-    from .refresh import load_raw
+    from clinic_lib.ingest.refresh import load_raw
     n = load_raw(folder=a.raw_dir, replace=a.replace)
     print(f"loaded {n} rows")
     return 0
@@ -122,7 +121,7 @@ def args_migrate(p):
 
 
 def cmd_migrate(a):
-    from .migrate import CURRENT_VERSION, migrate
+    from clinic_lib.core.migrate import CURRENT_VERSION, migrate
     applied = migrate()
     print(f"applied migrations {applied}" if applied else f"already at schema version {CURRENT_VERSION}")
     return 0
@@ -140,7 +139,7 @@ def args_validate(p):
 
 def cmd_validate(a):
     """Exit 0: clean (warnings allowed); 1: errors found; 2: could not run (no drop folder, no database)."""
-    from . import validate
+    from clinic_lib import validate
     if a.db:
         report = validate.validate_db(full=a.full)
     else:
@@ -156,17 +155,17 @@ def args_refresh(p):
 
 
 def cmd_refresh(a):
-    from .refresh import refresh_day
+    from clinic_lib.ingest.refresh import refresh_day
     r = refresh_day(a.day, folder=a.drop_dir, allow_empty=a.empty_day)
     print(f"refreshed {r.day}: read {r.rows_read} rows, wrote {r.rows_written}, deleted {r.deleted} "
           f"in {r.seconds:.3f} s")
     return 0
 
 
-# --- reception: priorities / reminders / api (issue 5) ------------------------------------------
+# --- reception: priorities / reminders / api ----------------------------------------------------
 
 def _next_clinic_day():
-    from .calendar import next_clinic_day
+    from clinic_lib.core.clinic_days import next_clinic_day
     return next_clinic_day(None, _today())
 
 
@@ -175,7 +174,7 @@ def args_priorities(p):
 
 
 def cmd_priorities(a):
-    from .priorities import build_priorities
+    from clinic_lib.reception.priorities import build_priorities
     r = build_priorities(a.day or _next_clinic_day())
     print(f"priorities for {r.day}: {len(r)} appointment(s) "
           f"(risk from the model: {r.risk_sources['model']}, heuristic: {r.risk_sources['heuristic']}) "
@@ -193,7 +192,7 @@ def args_reminders(p):
 
 
 def cmd_reminders(a):
-    from .reminders import send_reminders
+    from clinic_lib.reception.reminders import send_reminders
     r = send_reminders(a.day or _next_clinic_day(), dry_run=a.dry_run, resend=a.resend)
     print(r.summary())
     for m in r.messages:
@@ -214,7 +213,7 @@ def args_api(p):
 
 
 def cmd_api(a):
-    from .api import serve
+    from clinic_lib.reception.api import serve
     serve(a.host, a.port, a.threads, cache=False if a.no_cache else None)
     return 0
 
@@ -237,7 +236,7 @@ def args_user(p):
 
 
 def _new_password(a) -> str:
-    from .users import AccountError
+    from clinic_lib.reception.users import AccountError
     if a.password_stdin:
         line = sys.stdin.readline()
         if not line:
@@ -251,9 +250,9 @@ def _new_password(a) -> str:
 
 
 def cmd_user(a):
-    from . import users
-    from .db import make_engine
-    from .migrate import ensure_schema
+    from clinic_lib.reception import users
+    from clinic_lib.core.db import make_engine
+    from clinic_lib.core.migrate import ensure_schema
     engine = make_engine()
     ensure_schema(engine)
     if a.action == "list":
@@ -282,7 +281,7 @@ def cmd_user(a):
 
 
 def _api_address() -> str:
-    from .config import get_settings
+    from clinic_lib.core.config import get_settings
     s = get_settings()
     return f"{s.api_host}:{s.api_port}"
 
@@ -300,7 +299,7 @@ def args_train(p):
 
 
 def cmd_train(a):
-    from .train import train
+    from clinic_lib.modeling.train import train
     r = train(as_of=a.as_of, valid_days=a.valid_days, model=a.model)
     h, d = r.metrics["holdout"], r.metrics["deployed"]
     means = r.metrics["choice"]["mean_roc_auc"]
@@ -324,7 +323,7 @@ def args_score(p):
 
 
 def cmd_score(a):
-    from .predict import score_day
+    from clinic_lib.modeling.predict import score_day
     r = score_day(a.day or _next_clinic_day())
     counts = r.scores["risk_bucket"].value_counts().to_dict()
     print(f"scored {len(r.scores)} booked appointment(s) of {r.day} with {r.model_version} "
@@ -341,8 +340,8 @@ def args_import_noshow(p):
 
 
 def cmd_import_noshow(a):
-    from .config import normalise_database_url
-    from .noshow import import_noshow
+    from clinic_lib.core.config import normalise_database_url
+    from clinic_lib.ingest.noshow import import_noshow
     url = normalise_database_url(a.database_url) if a.database_url else None
     summary = import_noshow(a.path, database_url=url, out=a.out)
     for key, value in summary.items():
@@ -356,7 +355,7 @@ def args_dashboard(p):
 
 
 def cmd_dashboard(a):
-    from .dashboard import serve
+    from clinic_lib.dashboard.page import serve
     serve(port=a.port, host=a.host)  # replaces this process with Voila
     return 0
 
@@ -368,7 +367,8 @@ def args_monitor(p):
 
 
 def cmd_monitor(a):
-    from .monitoring import recompute_monitoring, retrain_decision, update_monitoring
+    from clinic_lib.modeling.monitoring import recompute_monitoring, update_monitoring
+    from clinic_lib.modeling.retraining import retrain_decision
     day = a.day or _today()
     result = (recompute_monitoring(a.recompute_from, day) if a.recompute_from else update_monitoring(day))
     print(result.summary())
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import UserError
+    from clinic_lib.core.errors import UserError
     try:
         return COMMANDS[args.command][1](args) or 0
     except UserError as exc:

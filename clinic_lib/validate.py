@@ -38,15 +38,15 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from . import db
-from .checks import CATALOGUE, DB, DROP, ERROR, for_scope
-from .config import get_settings
-from .dataset import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
-from .refresh import VERSIONED_TABLES, newer_in_database
-from .roster import apply_drop, read_blocks
-from .roster import as_frame as roster_frame
-from .errors import CannotRun, UserError
-from .timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
+from clinic_lib.core import db
+from clinic_lib.validation.checks import CATALOGUE, DB, DROP, ERROR, for_scope
+from clinic_lib.core.config import get_settings
+from clinic_lib.ingest.drop_format import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
+from clinic_lib.ingest.refresh import VERSIONED_TABLES, newer_in_database
+from clinic_lib.core.roster import apply_drop, read_blocks
+from clinic_lib.core.roster import as_frame as roster_frame
+from clinic_lib.core.errors import CannotRun, UserError
+from clinic_lib.core.timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
 
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES
@@ -374,7 +374,7 @@ def phone_possible(number: str, region: str) -> bool:
 
 def _db_contacts(conn, out: Report) -> None:
     """patient.phone_invalid / patient.email_invalid over the whole table (vectorised, see phone_ok;
-    grouping the shapes in SQL was measured slower than pandas)."""
+    grouping the shapes in SQL is slower than in pandas)."""
     cursor = conn.connection.cursor()  # the DB-API cursor: plain tuples, no Row objects for 60k rows
     try:
         cursor.execute("SELECT patient_id, phone, email FROM patients WHERE phone IS NOT NULL OR email IS NOT NULL")
@@ -453,8 +453,7 @@ SPEC = {
 def _plain_columns(text: str):
     """The usual export (nothing quoted, no blank line, every row as long as the header) read by
     Arrow's CSV reader: (header, 1, one Arrow array per header field, the data rows' lines), or
-    None for any other file, which ``_csv_records`` reads record by record (the 20x drop's four
-    files: ~8 ms instead of ~45 ms)."""
+    None for any other file, which ``_csv_records`` reads record by record (slower)."""
     import pyarrow.csv as pacsv
 
     if '"' in text or "\x00" in text:
@@ -1061,8 +1060,8 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
     if have_appts:
         # Each drop appointment against the drop's others and against the database's that start on
         # its previous, same or next local date (one range probe of the database's per-day index
-        # per appointment: at 20x both checks take 25 ms, where copying the database's rows of
-        # those dates into a temporary table, indexing and probing it took 110-120 ms). The
+        # per appointment: less work than copying the database's rows of those dates into a
+        # temporary table, indexing and probing it). The
         # database's rows that the refresh replaces (day D's, and those in the drop) are left out.
         active = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"
         day_start, day_end = _instant_param(conn, "day_start"), _instant_param(conn, "day_end")

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.migrate import migrate
+from clinic_lib.core import db
+from clinic_lib.core.migrate import migrate
 
 PG_ADMIN_URL = os.environ.get("CLINIC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_SKIP_REASON = (
@@ -24,7 +24,7 @@ PG_SKIP_REASON = (
 
 
 def _pg_admin_engine():
-    from clinic_lib.config import normalise_database_url
+    from clinic_lib.core.config import normalise_database_url
     return sa.create_engine(normalise_database_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
 
 

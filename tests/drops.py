@@ -6,7 +6,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from clinic_lib.dataset import COLUMNS
+from clinic_lib.ingest.drop_format import COLUMNS
 
 
 def rows(engine, sql, **params) -> list[tuple]:

@@ -45,8 +45,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.refresh import db_columns, upsert
+from clinic_lib.core import db
+from clinic_lib.ingest.refresh import db_columns, upsert
 
 TZ = ZoneInfo("Europe/Berlin")
 AS_OF = "2026-04-30"

@@ -17,7 +17,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from clinic_lib import db
+from clinic_lib.core import db
 
 DAY = dt.date(2026, 3, 30)
 CREATED = "2025-01-01T09:00:00+00:00"
@@ -87,5 +87,5 @@ PASSWORDS = {"anna": "anna's evening password", "ben": "ben's evening password"}
 
 def add_users(engine: sa.Engine) -> dict[str, int]:
     """The accounts of PASSWORDS; their user ids by name."""
-    from clinic_lib.users import add_user
+    from clinic_lib.reception.users import add_user
     return {name: add_user(engine, name, password).user_id for name, password in PASSWORDS.items()}

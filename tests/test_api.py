@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings as hsettings
 from schemathesis import GenerationMode
 
-from clinic_lib import db
-from clinic_lib.api import check_bind, create_app, create_server, openapi_spec
-from clinic_lib.config import get_settings
-from clinic_lib.errors import CannotRun
-from clinic_lib.priorities import build_priorities
+from clinic_lib.core import db
+from clinic_lib.reception.api import check_bind, create_app, create_server, openapi_spec
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.errors import CannotRun
+from clinic_lib.reception.priorities import build_priorities
 from reception_data import DAY, add_model_scores, load_clinic
 
 TOKEN = "test-token-0123456789"
@@ -173,7 +173,7 @@ def test_list_cache_never_serves_stale_data(app, client, engine, db_url):
 def test_offset_transitions():
     import datetime as dt
     from zoneinfo import ZoneInfo
-    from clinic_lib.api import offset_transitions
+    from clinic_lib.reception.api import offset_transitions
     changes, offsets = offset_transitions(ZoneInfo("Europe/Berlin"), dt.date(2026, 6, 1))
     utc = dt.timezone.utc
     assert dt.datetime(2026, 3, 29, 1, 0, tzinfo=utc) in changes
@@ -340,6 +340,20 @@ def test_openapi_document_is_valid(client):
     assert spec["paths"]["/health"]["get"]["security"] == []
     loaded = schemathesis.openapi.from_dict(spec)
     assert len(list(loaded.get_all_operations())) == 4
+
+
+def test_openapi_document_says_what_the_code_does():
+    """openapi.json is a data file: its enums and limits are the code's."""
+    from clinic_lib.reception.api import MAX_ID, MAX_NOTE
+    spec = openapi_spec()
+    item = (spec["paths"]["/priorities"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["properties"]["items"]["items"]["properties"])
+    assert item["call_status"]["enum"] == list(db.CALL_OUTCOMES)
+    assert item["appointment_status"]["enum"] == list(db.APPOINTMENT_STATUSES)
+    post = spec["paths"]["/appointments/{appointment_id}/call-outcome"]["post"]
+    assert post["parameters"][0]["schema"]["maximum"] == MAX_ID
+    body = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert body["outcome"]["enum"] == list(db.CALL_OUTCOMES) and body["note"]["maxLength"] == MAX_NOTE
 
 
 EVERY_INTERFACE = "0.0.0.0"

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from clinic_lib import db
-from clinic_lib.call_effect import (
+from clinic_lib.core import db
+from clinic_lib.modeling.call_effect import (
     OBSERVATIONAL_NOTE, assign_bands, band_cuts, band_labels, call_list_rows, holdout_effect, mantel_haenszel,
     observational_table, strata_counts)
 from reception_data import load_clinic

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from clinic_lib import config
-from clinic_lib.config import PROJECT_ROOT, get_settings, normalise_database_url
+from clinic_lib.core import config
+from clinic_lib.core.config import PROJECT_ROOT, get_settings, normalise_database_url
 
 
 def test_defaults_are_under_the_project_root(monkeypatch, tmp_path):
@@ -21,7 +21,7 @@ def test_defaults_are_under_the_project_root(monkeypatch, tmp_path):
 
 
 def test_paths_do_not_depend_on_working_directory(tmp_path):
-    code = "from clinic_lib.config import get_settings; s = get_settings(); print(s.database_url); print(s.outputs_dir)"
+    code = "from clinic_lib.core.config import get_settings; s = get_settings(); print(s.database_url); print(s.outputs_dir)"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR")}
     outs = {subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True).stdout
             for cwd in ("/", str(tmp_path), str(PROJECT_ROOT / "notebooks"))}
@@ -57,7 +57,7 @@ def test_relative_folders_are_relative_to_project_root(monkeypatch):
 
 def test_call_holdout_share_is_checked_when_settings_are_read(monkeypatch):
     import pytest
-    from clinic_lib.config import ConfigError
+    from clinic_lib.core.config import ConfigError
     monkeypatch.delenv("CALL_HOLDOUT_SHARE", raising=False)
     assert get_settings().call_holdout_share == 0.0  # off by default
     for good, expected in (("0", 0.0), ("0.2", 0.2), ("0.5", 0.5), (" ", 0.0)):

@@ -9,8 +9,9 @@ import re
 import pytest
 
 import kpi_fixture as fx
-from clinic_lib import dashboard, kpis
-from clinic_lib.refresh import log_etl_run
+from clinic_lib.dashboard import page as dashboard
+from clinic_lib.dashboard import kpis
+from clinic_lib.ingest.refresh import log_etl_run
 
 PAYLOAD = '<img src=x onerror="alert(1)">'
 
@@ -94,7 +95,7 @@ def test_voila_command_takes_the_settings(monkeypatch):
 
 
 def test_dashboard_settings_are_checked(monkeypatch):
-    from clinic_lib.config import ConfigError, get_settings
+    from clinic_lib.core.config import ConfigError, get_settings
     for name, bad in (("CLINIC_DASHBOARD_MAX_VISITORS", "0"), ("CLINIC_DASHBOARD_IDLE_MINUTES", "-1"),
                       ("CLINIC_DASHBOARD_CELL_TIMEOUT", "soon")):
         monkeypatch.setenv(name, bad)
@@ -122,7 +123,7 @@ def test_visitor_gate_counts_requests_on_their_way_to_a_kernel():
     import contextvars
     from types import SimpleNamespace
 
-    from clinic_lib.voila_server import VisitorGate
+    from clinic_lib.dashboard.server import VisitorGate
     gate = VisitorGate(max_visitors=2, idle_seconds=600, closed_page_seconds=60)
 
     def request(kernel_id):

@@ -3,7 +3,7 @@
 Starts the real server on a free port over the hand-made clinic of tests/kpi_fixture.py (once with
 DATABASE_URL on a SQLite file, once on a fresh Postgres database: conftest's db_url), opens
 ``/?day=2026-03-29&as_of=2026-04-30``, waits for the widgets and the six charts, compares every
-card with what clinic_lib.kpis computes, changes the physio filter and the range and compares
+card with what clinic_lib.dashboard.kpis computes, changes the physio filter and the range and compares
 again, checks the page never shows Voila's "There was an error", records every request (all must
 go to 127.0.0.1) and saves a screenshot in the outputs folder. A second server on a missing
 database must show a friendly message.
@@ -26,11 +26,14 @@ from pathlib import Path
 import pytest
 
 import kpi_fixture as fx
-from clinic_lib import dashboard, db, kpis
-from clinic_lib.config import get_settings
-from clinic_lib.migrate import migrate
+from clinic_lib.dashboard import page as dashboard
+from clinic_lib.core import db
+from clinic_lib.dashboard import kpis
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.migrate import migrate
 
-pytestmark = pytest.mark.browser
+# one worker runs this module: its server and browser are built once for all its tests
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_dashboard_browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -126,7 +129,7 @@ def clinic_db(tmp_path, db_url):
     engine = db.make_engine(db_url)
     migrate(engine)
     fx.load(engine)
-    from clinic_lib.refresh import log_etl_run
+    from clinic_lib.ingest.refresh import log_etl_run
     log_etl_run(engine, "refresh", DAY, "2026-03-29T20:00:00+00:00", "ok", 10, 10)
     # the evening's later jobs log there too; the freshness box's "Data refresh" is the refresh
     log_etl_run(engine, "reminders", "2026-03-30", "2026-03-29T20:05:00+00:00", "failed", 0, 0, "SMTP refused")
@@ -302,8 +305,8 @@ def demo_clinic(tmp_path_factory):
     """A 1x demo clinic (one year) in a SQLite file, made once for the tests that need a real load."""
     import datetime as dt
 
-    from clinic_lib.demo import generate_demo
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.ingest.demo import generate_demo
+    from clinic_lib.ingest.refresh import load_raw
     tmp = tmp_path_factory.mktemp("demo_clinic")
     today = dt.date(2026, 11, 24)
     env = {"CLINIC_TZ": "Europe/Berlin"}
@@ -326,7 +329,7 @@ def test_every_visitor_is_served_without_a_stall(tmp_path, demo_clinic, preheat)
     """Three page loads in a row on a demo clinic (1x, one year), each well within Voila's 120 s
     cell timeout, with Voila's preheated kernels (the default) and without. Under plain
     ``python -m voila`` the second load waited the whole 120 s for a cell reply that was already
-    in the socket (a missed wake-up; clinic_lib/voila_server.py)."""
+    in the socket (a missed wake-up; clinic_lib/dashboard/server.py)."""
     import datetime as dt
     url, today = demo_clinic
     server = Server(tmp_path, url, CLINIC_DASHBOARD_PREHEAT=preheat)
@@ -377,7 +380,7 @@ def test_first_visit_after_an_idle_gap_longer_than_the_cell_timeout(tmp_path, br
 def test_many_visits_with_idle_gaps_never_hang(tmp_path, browser, demo_clinic):
     """Page loads with idle gaps of none, a few seconds and more than the cell timeout, each page
     closed like a tab: every one is drawn well within the cell timeout (about 1 in 15 hung for the
-    whole 120 s: a request info lost in a closing socket, clinic_lib/voila_server.py)."""
+    whole 120 s: a request info lost in a closing socket, clinic_lib/dashboard/server.py)."""
     import datetime as dt
     url, today = demo_clinic
     cell_timeout = 20

@@ -7,8 +7,8 @@ import io
 import pandas as pd
 import pytest
 
-from clinic_lib import dataset
-from clinic_lib.dataset import DropError
+from clinic_lib.ingest import drop_format as dataset
+from clinic_lib.ingest.drop_format import DropError
 
 INSTANTS = ["2026-03-29T01:59:59+01:00", "2026-03-29T03:00:00+02:00",  # clocks go forward
             "2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00",  # the hour that happens twice

@@ -14,9 +14,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, refresh
-from clinic_lib.dataset import COLUMNS, read_csv_text
-from clinic_lib.demo import build_world, generate_demo
+from clinic_lib.core import db
+
+from clinic_lib.ingest import refresh
+from clinic_lib.ingest.drop_format import COLUMNS, read_csv_text
+from clinic_lib.ingest.demo import generate_demo
+from clinic_lib.ingest.demo_world import build_world
+
+# one worker runs this module: its demo clinics are built once for all its tests
+pytestmark = pytest.mark.xdist_group("test_demo")
 
 TODAY = dt.date(2026, 4, 2)  # Thursday; the drops cross the DST change of Sunday 2026-03-29
 DROP_DAYS = 14
@@ -390,7 +396,7 @@ def test_bad_call_history_stops_the_load_and_writes_nothing(demo, tmp_path, engi
 
 def test_call_effect_notebook_on_the_demo(loaded, tmp_path):
     import papermill as pm
-    from clinic_lib.config import PROJECT_ROOT
+    from clinic_lib.core.config import PROJECT_ROOT
     out = tmp_path / "call_effect_out.ipynb"
     pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "call_effect.ipynb"), str(out),
                         parameters={"start": "", "end": "", "bands": "0.5"}, cwd=str(PROJECT_ROOT / "notebooks"),
@@ -404,7 +410,7 @@ def _planted_rows(odds_ratio: float, seed: int):
     """A 4x clinic (32 physios, two years) whose lists hold the 40 highest risks of each clinic
     day: the simulated lists as the analysis reads them, and the planted truth."""
     from zoneinfo import ZoneInfo
-    from clinic_lib.call_effect import assign_bands
+    from clinic_lib.modeling.call_effect import assign_bands
     today = dt.date(2026, 11, 24)
     w = build_world(seed, today, physios=32, patients=12800, days_history=730, days_ahead=7,
                     tz=ZoneInfo("Europe/Berlin"), calls_until=today, call_capacity=40, call_odds_ratio=odds_ratio)
@@ -427,7 +433,7 @@ def _planted_rows(odds_ratio: float, seed: int):
 def test_the_holdout_recovers_the_planted_call_effect():
     """Odds ratio 0.6 for a reached call: the interval covers the planted effect and excludes none;
     the observational comparison overstates it (who answers differs)."""
-    from clinic_lib.call_effect import holdout_effect, observational_table
+    from clinic_lib.modeling.call_effect import holdout_effect, observational_table
     rows, truth_rd, truth_rr = _planted_rows(0.6, seed=3)
     e = holdout_effect(rows)
     assert e.n_held_out > 4000 and e.messages == []
@@ -439,7 +445,7 @@ def test_the_holdout_recovers_the_planted_call_effect():
 
 
 def test_without_a_planted_effect_the_interval_covers_zero():
-    from clinic_lib.call_effect import holdout_effect
+    from clinic_lib.modeling.call_effect import holdout_effect
     rows, truth_rd, truth_rr = _planted_rows(1.0, seed=3)
     assert truth_rd == pytest.approx(0, abs=1e-12) and truth_rr == pytest.approx(1)
     e = holdout_effect(rows)

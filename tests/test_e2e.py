@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.config import PROJECT_ROOT
+from clinic_lib.core import db
+from clinic_lib.core.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_full_chain_for_one_day_leaves_every_output(demo_env):
     assert 0.5 < metrics["holdout"]["booked_before_evening"]["roc_auc"] <= 1
     assert metrics["deployed"]["train_end"] == str(TODAY)  # the saved model learned up to the run day
     # and the API serves that list from the database
-    from clinic_lib.api import create_app
+    from clinic_lib.reception.api import create_app
     os.environ.update({k: demo_env[k] for k in ("DATABASE_URL", "CLINIC_DATA_DIR", "CLINIC_OUTPUTS_DIR")})
     try:
         os.environ["CLINIC_API_TOKEN"] = "t" * 32
@@ -173,3 +173,76 @@ def test_fresh_clone_make_demo(tmp_path):
     assert (clone / "outputs" / "model" / "metrics.json").exists()
     assert list((clone / "outputs" / "outbox").rglob("*.eml"))
     assert "make dashboard" in out.stdout and "priorities" in out.stdout
+    # the catch-up replayed the evenings of the demo's drops: the model is judged on each of them
+    import sqlite3
+    with sqlite3.connect(clone / "data" / "clinic.db") as conn:
+        judged = conn.execute("SELECT count(*), min(day), sum(n_outcome) FROM model_monitoring").fetchone()
+    demo = json.loads((clone / "data" / "demo.json").read_text())
+    assert judged[0] >= 10 and judged[1] > demo["first_drop"] and judged[2] > 500
+
+
+def _day_text(value) -> str:
+    return value.isoformat() if isinstance(value, dt.date) else str(value)[:10]
+
+
+def test_catch_up_replays_each_evening_with_what_was_known(demo_env):
+    """A range scores each next clinic day with a model that learned only from the days before it,
+    judges those scores once their outcomes arrive, and sends no reminders for days gone by."""
+    last = FIRST_DROP + dt.timedelta(days=4)
+    out = run_daily("--from", str(FIRST_DROP), "--to", str(last), env=demo_env)
+    assert out.returncode == 0, out.stderr
+    engine = db.make_engine(demo_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        scored = conn.execute(sa.text(
+            "SELECT DISTINCT r.day, m.as_of FROM risk_scores r JOIN model_runs m ON m.model_version = r.model_version"
+        )).all()
+        judged = {_day_text(r[0]): (r[1], r[2]) for r in conn.execute(sa.text(
+            "SELECT day, n_scored, n_outcome FROM model_monitoring"))}
+        reminder_days = {_day_text(r[0]) for r in conn.execute(sa.text("SELECT DISTINCT a.local_date FROM reminders r "
+                                                                 "JOIN appointments a ON a.appointment_id = r.appointment_id"))}
+        runs = conn.execute(sa.text("SELECT as_of FROM model_runs ORDER BY as_of")).all()
+    scored_days = sorted(_day_text(d) for d, _ in scored)
+    # every evening from the first drop on scored its next clinic day (the demo clinic opens Mon-Sat)
+    assert scored_days[0] == str(FIRST_DROP + dt.timedelta(days=1))
+    assert len(scored_days) == len(set(scored_days)) >= 4
+    for day, as_of in scored:
+        assert _day_text(as_of) < _day_text(day), f"{day} was scored by a model that knew {as_of}"
+    # the scored days whose drop came are judged, each of its scored appointments counted once
+    assert set(judged) == {d for d in scored_days if d <= str(last)}
+    assert all(n_scored >= n_outcome > 0 for n_scored, n_outcome in judged.values())
+    # the first evening had no model: it trained as of that day, and said why
+    assert _day_text(runs[0][0]) == str(FIRST_DROP)
+    metrics = json.loads((Path(demo_env["CLINIC_OUTPUTS_DIR"]) / "model" / "metrics.json").read_text())
+    assert metrics["retrain_reason"] == "there is no usable model"
+    # reminders only for the day after the last evening
+    assert len(reminder_days) <= 1 and all(d > str(last) for d in reminder_days)
+    # validate and refresh only: no evening replayed, nothing scored for the range's earlier days
+    out = run_daily("--from", str(last + dt.timedelta(days=1)), "--to", str(last + dt.timedelta(days=2)),
+                    "--steps", "validate,refresh", env=demo_env)
+    assert out.returncode == 0, out.stderr
+    with engine.connect() as conn:
+        after = {_day_text(r[0]) for r in conn.execute(sa.text("SELECT DISTINCT day FROM risk_scores"))}
+    assert after == set(scored_days)
+    engine.dispose()
+
+
+def test_train_step_retrains_on_evidence_and_says_why(demo_env):
+    """The evening's train step asks the retrain rule: a young model holding up is kept; the same
+    model judged by a stricter calibration threshold is retrained, the reason in the run and the model."""
+    last = FIRST_DROP + dt.timedelta(days=5)
+    out = run_daily("--from", str(FIRST_DROP), "--to", str(last), env=demo_env)
+    assert out.returncode == 0, out.stderr
+    outputs = Path(demo_env["CLINIC_OUTPUTS_DIR"])
+    model_file = outputs / "model" / "model.joblib"
+    version = json.loads((outputs / "model" / "metrics.json").read_text())["model_version"]
+    state = json.loads((outputs / "runs" / str(last) / "state.json").read_text())
+    assert state["steps"]["train"]["note"] == "model is fresh and holding up, not retrained"
+    strict = {**demo_env, "RETRAIN_MIN_SCORED": "20", "RETRAIN_CALIBRATION_GAP": "0.0001"}
+    out = run_daily("--day", str(last), "--steps", "train", env=strict)
+    assert out.returncode == 0, out.stderr
+    state = json.loads((outputs / "runs" / str(last) / "state.json").read_text())
+    note = state["steps"]["train"]["note"]
+    assert note.startswith("retrained because over the last 4 weeks (") and "RETRAIN_CALIBRATION_GAP = 0.0001" in note
+    metrics = json.loads((outputs / "model" / "metrics.json").read_text())
+    assert metrics["model_version"] != version and metrics["retrain_reason"] == note.removeprefix("retrained because ")
+    assert model_file.exists()

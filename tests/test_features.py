@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinic_lib import features as F
+from clinic_lib.modeling import features as F
+from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")
 
@@ -107,7 +108,7 @@ def _mutate_from(a: pd.DataFrame, day: str, seed: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_no_leakage_outcomes_on_or_after_the_cutoff_change_no_feature(seed):
-    frames = F.synthetic_frames(seed=seed, patients=120, days=60, end=dt.date(2026, 3, 20), tz=TZ)
+    frames = synthetic_frames(seed=seed, patients=120, days=60, end=dt.date(2026, 3, 20), tz=TZ)
     a = F._normalise_appointments(frames["appointments"])
     p = F._normalise_patients(frames["patients"])
     X = F.build_features(a, a, p, TZ, 24.0)
@@ -125,7 +126,7 @@ def test_no_leakage_outcomes_on_or_after_the_cutoff_change_no_feature(seed):
 
 def test_history_passed_in_beyond_the_cutoff_is_ignored():
     """Scoring passes only earlier history; training passes everything: the same features."""
-    frames = F.synthetic_frames(seed=4, patients=80, days=40, tz=TZ)
+    frames = synthetic_frames(seed=4, patients=80, days=40, tz=TZ)
     a = F._normalise_appointments(frames["appointments"])
     p = F._normalise_patients(frames["patients"])
     day = sorted(a["local_date"].unique())[-3]
@@ -139,7 +140,7 @@ def test_history_passed_in_beyond_the_cutoff_is_ignored():
 
 def test_features_read_from_the_database_match(engine):
     """SQLite and Postgres give the same features as the frames written into them."""
-    frames = F.load_synthetic(engine, seed=5, patients=60, days=30, tz=TZ)
+    frames = load_synthetic(engine, seed=5, patients=60, days=30, tz=TZ)
     with engine.connect() as conn:
         a = F.read_appointments(conn)
         p = F.read_patients(conn)

@@ -9,8 +9,9 @@ import datetime as dt
 import pytest
 
 import kpi_fixture as fx
-from clinic_lib import db, kpis
-from clinic_lib.migrate import migrate
+from clinic_lib.core import db
+from clinic_lib.dashboard import kpis
+from clinic_lib.core.migrate import migrate
 
 S, E = fx.RANGE
 AS_OF = fx.AS_OF
@@ -202,7 +203,7 @@ def test_range_queries_use_the_local_date_index(sqlite_url, monkeypatch):
 def test_dashboard_compute_matches_kpis(clinic):
     import plotly.graph_objects as go
 
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     view = dashboard.compute(clinic, dt.date(2026, 3, 29), dt.date(2026, 3, 29), None, dt.date(2026, 4, 30))
     assert set(view.figures) == {"activity", "show_rate", "revenue", "utilization", "outstanding", "risk"}
     assert all(isinstance(f, go.Figure) for f in view.figures.values())
@@ -227,7 +228,7 @@ def test_dashboard_fetches_the_likely_ranges_ahead(clinic):
 
     import sqlalchemy as sa
 
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     as_of = kpis.parse_day(AS_OF)
     assert dashboard.likely_window(as_of) == (dt.date(2026, 1, 1), as_of)
     state = dashboard.State(engine=clinic, physios=[("Anna Alt", 1), ("Ben Bauer", 2)],
@@ -272,10 +273,10 @@ def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url,
     # refresh in between (an etl_runs row) makes the page compute afresh: no stale numbers.
     import dataclasses
 
-    from clinic_lib import dashboard
-    from clinic_lib.config import get_settings
-    from clinic_lib.refresh import log_etl_run
-    from clinic_lib.timeutil import today_local
+    from clinic_lib.dashboard import page as dashboard
+    from clinic_lib.core.config import get_settings
+    from clinic_lib.ingest.refresh import log_etl_run
+    from clinic_lib.core.timeutil import today_local
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     warm = dashboard.prepare()
@@ -299,7 +300,7 @@ def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url,
 
 
 def test_dashboard_errors_become_messages():
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     broken = db.make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens there
     view = dashboard.compute(broken, dt.date(2026, 3, 29), dt.date(2026, 3, 29), None, dt.date(2026, 4, 30))
     assert "could not be shown" in view.cards_html
@@ -307,7 +308,7 @@ def test_dashboard_errors_become_messages():
 
 
 def test_dashboard_url_parameters():
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     state = dashboard.State(physios=[("Anna Alt", 1)], first_day=dt.date(2026, 1, 1), last_day=dt.date(2026, 3, 30))
     today = dt.date(2026, 4, 1)
     sel = dashboard.initial_selection(dashboard.query_params("day=2026-03-29"), state, today)
@@ -323,7 +324,7 @@ def test_dashboard_url_parameters():
 
 
 def test_dashboard_missing_database_message(tmp_path, monkeypatch):
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'none' / 'clinic.db'}")
     state = dashboard.load_state()
     assert state.engine is None and "No database yet" in state.message
@@ -372,7 +373,7 @@ def test_frames_grown_by_the_missing_days_equal_one_window(clinic):
 
 
 def test_dashboard_empty_database_message(engine, db_url, monkeypatch):
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     monkeypatch.setenv("DATABASE_URL", db_url)
     state = dashboard.load_state()
     assert state.engine is not None and state.first_day is None

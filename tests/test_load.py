@@ -1,7 +1,7 @@
 """The initial load (``clinic load``): all of data/raw in one transaction, or nothing.
 
 On SQLite the load checks foreign keys and the payment rule once for all rows instead of row by
-row (issue 2's speed target); these tests pin that the rules hold all the same and that the
+row (for speed); these tests pin that the rules hold all the same and that the
 database's own per-row guards are back after the load, whether it worked or not.
 """
 from __future__ import annotations
@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, sqlite_ingest
-from clinic_lib.dataset import DropError
-from clinic_lib.migrate import migrate
-from clinic_lib.refresh import bulk_insert, first_broken_rule, load_raw
+from clinic_lib.core import db
+
+from clinic_lib.ingest import sqlite_ingest
+from clinic_lib.ingest.drop_format import DropError
+from clinic_lib.core.migrate import migrate
+from clinic_lib.ingest.refresh import bulk_insert, first_broken_rule, load_raw
 from drops import HOURS, appt, kill_when_halfway, pay, rows, write_drop
 
 RAW_APPOINTMENTS = [
@@ -335,7 +337,9 @@ def test_sqlite_load_beside_another_connection_stays_in_wal_without_waiting(tmp_
 LOAD_KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from clinic_lib import db, refresh, sqlite_ingest
+    from clinic_lib.core import db
+    from clinic_lib.ingest import refresh
+    from clinic_lib.ingest import sqlite_ingest
     real_insert = sqlite_ingest.insert_frames
     def insert_then_hang(conn, frames, **kwargs):
         n = real_insert(conn, frames, **kwargs)

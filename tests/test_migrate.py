@@ -7,8 +7,8 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.migrate import CURRENT_VERSION, MIGRATIONS, MigrationError, migrate
+from clinic_lib.core import db
+from clinic_lib.core.migrate import CURRENT_VERSION, MIGRATIONS, MigrationError, migrate
 
 ALL_VERSIONS = [version for version, _, _ in MIGRATIONS]
 
@@ -221,7 +221,7 @@ def make_version_3_db(engine) -> None:
             if table.name not in ("users", "call_outcomes"):
                 table.create(conn)
         VERSION_3_CALL_OUTCOMES.create(conn)
-        from clinic_lib.migrate import schema_version
+        from clinic_lib.core.migrate import schema_version
         schema_version.create(conn)
         conn.execute(schema_version.insert(), [{"version": v, "description": f"version {v}",
                                                 "applied_at": "2026-11-01T00:00:00+00:00"} for v in (1, 2, 3)])
@@ -254,7 +254,7 @@ def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
     ended = [(3, 5, "09:00", "12:00", None, "2026-02-01")]
     assert [r[:4] + (r[4], r[5] and str(r[5])) for r in after["physio_hours"]] == \
         [r for r in before["physio_hours"] if r[0] != 3] + ended
-    from clinic_lib import users
+    from clinic_lib.reception import users
     anna = users.add_user(engine, "anna", "anna's evening password")
     with db.begin_write(engine) as conn:
         conn.execute(db.call_outcomes.insert().values(appointment_id=102, outcome="reached",
@@ -274,7 +274,7 @@ def test_version_3_database_gains_users_and_who_recorded_each_call(db_url):
 def test_a_migration_with_a_lower_number_still_runs_after_a_higher_one(db_url, monkeypatch):
     """Numbers are reserved per change: a database that has every version but one gains that one
     when it arrives, although its number is lower than the highest applied."""
-    import clinic_lib.migrate as m
+    import clinic_lib.core.migrate as m
     engine = db.make_engine(db_url)
     late = ALL_VERSIONS[-2]
     monkeypatch.setattr(m, "MIGRATIONS", [x for x in MIGRATIONS if x[0] != late])
@@ -331,7 +331,7 @@ def test_roster_history_arrives_after_versions_5_and_7(db_url):
     open-ended, except the blocks of a physio who has left, which end on the day of their last
     appointment; afterwards a block may hold twice over different days."""
     import reception_data
-    from clinic_lib.migrate import applied_versions
+    from clinic_lib.core.migrate import applied_versions
     engine = db.make_engine(db_url)
     migrate(engine)
     reception_data.load_clinic(engine)

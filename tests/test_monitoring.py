@@ -16,11 +16,13 @@ import json
 import joblib
 import pytest
 
-from clinic_lib import db
-from clinic_lib import features as F
-from clinic_lib.monitoring import (
-    HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, retrain_decision,
-    retrain_reason, roc_auc, rolling_figures, scored_query, update_monitoring, weekly_figures)
+from clinic_lib.core import db
+from clinic_lib.modeling import features as F
+from clinic_lib.modeling import models as M
+from clinic_lib.modeling.monitoring import (
+    HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, roc_auc,
+    rolling_figures, scored_query, update_monitoring, weekly_figures)
+from clinic_lib.modeling.retraining import retrain_decision, retrain_reason
 from reception_data import _appt, load_clinic
 
 S1, S2, S3 = dt.date(2026, 3, 30), dt.date(2026, 3, 31), dt.date(2026, 4, 1)
@@ -142,7 +144,7 @@ def test_days_a_drop_rewrote_are_found_outside_the_window(clinic):
 
 def test_a_late_drop_replaces_the_days_row(engine, clinic_env):
     """Through the real refresh: day D's drop, D's row; a corrected drop of D, D's row replaced."""
-    from clinic_lib.refresh import refresh_day
+    from clinic_lib.ingest.refresh import refresh_day
     from drops import DAY, DAY_APPOINTMENTS, appt, write_day_drop
     data = clinic_env / "data"
     write_day_drop(data)  # 1 completed, 2 no-show, 3 canceled 17 h before (late), 4 booked for next week
@@ -207,9 +209,12 @@ def test_holdout_estimate_layouts(tmp_path):
     path.write_text(json.dumps({"model_version": "m1", "validation": {"roc_auc": 0.77, "n": 10}}))
     h = holdout_estimate(path=path)
     assert (h["roc_auc"], h["n"], h["base_rate"], h["model_version"], h["key"]) == (0.77, 10, None, "m1", "validation")
+    # the layout train.py writes: the booked-before-the-evening population of the holdout
     path.write_text(json.dumps({"model_version": "m1", "validation": {"roc_auc": 0.77},
-                                HOLDOUT_KEYS[0]: {"roc_auc": 0.74, "base_rate": 0.15}}))
-    assert (holdout_estimate(path=path)["roc_auc"], holdout_estimate(path=path)["key"]) == (0.74, HOLDOUT_KEYS[0])
+                                "holdout": {"start": "2026-03-01", "all": {"roc_auc": 0.80},
+                                            "booked_before_evening": {"roc_auc": 0.74, "base_rate": 0.15}}}))
+    assert (holdout_estimate(path=path)["roc_auc"], holdout_estimate(path=path)["key"]) == (
+        0.74, "holdout.booked_before_evening")
     path.write_text(json.dumps({"validation": {"roc_auc": None}}))
     assert holdout_estimate(path=path) is None
 
@@ -246,13 +251,14 @@ def test_retrain_reason_says_why():
 def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch):
     """The gathering around the pure rule: the saved model's age, its own scores, its estimate."""
     import sklearn
-    from clinic_lib.config import get_settings
+    from clinic_lib.core.config import get_settings
     model_dir = get_settings().model_dir
     model_dir.mkdir(parents=True)
     trained = "2026-03-29T12:00:00+00:00"
     joblib.dump({"pipeline": None, "features": list(F.FEATURES), "feature_version": F.FEATURE_VERSION,
                  "sklearn_version": sklearn.__version__, "model_version": "test-1", "trained_at": trained,
-                 "late_cancel_hours": 24.0, "clinic_tz": "Europe/Berlin"}, model_dir / "model.joblib")
+                 "late_cancel_hours": 24.0, "clinic_tz": "Europe/Berlin", "model_format": M.MODEL_FORMAT},
+                model_dir / "model.joblib")
     (model_dir / "metrics.json").write_text(json.dumps({"model_version": "test-1", "validation": {"roc_auc": 0.9}}))
     now = "2026-04-01T12:00:00+00:00"  # 3 days after training
     monkeypatch.setenv("RETRAIN_MIN_SCORED", "6")
@@ -280,8 +286,8 @@ def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch)
 
 def test_four_week_queries_use_indices(tmp_path):
     """What rolling_figures and update_monitoring read: index ranges of those days, no table scan."""
-    from clinic_lib.migrate import migrate
-    from clinic_lib.monitoring import _signature_queries
+    from clinic_lib.core.migrate import migrate
+    from clinic_lib.modeling.monitoring import _signature_queries
     engine = db.make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
     migrate(engine)
     queries = {

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, sqlite_ingest
+from clinic_lib.core import db
+
+from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.cli import main as cli_main
-from clinic_lib.errors import CannotRun, UserError
-from clinic_lib.noshow import import_noshow, patient_ids
+from clinic_lib.core.errors import CannotRun, UserError
+from clinic_lib.ingest.noshow import import_noshow, patient_ids
 
 SAMPLE = Path(__file__).parent / "data" / "noshow_sample.csv"
 
@@ -125,7 +127,7 @@ def test_patient_id_mapping_falls_back_to_dense_rank_on_collision():
 
 
 def test_training_on_the_sample_is_refused_as_too_small(sao_paulo, tmp_path):
-    from clinic_lib.train import NotEnoughData, train
+    from clinic_lib.modeling.train import NotEnoughData, train
     import_noshow(SAMPLE, out=tmp_path / "s.db")
     engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(NotEnoughData, match="215 finished appointments"):

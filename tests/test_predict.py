@@ -9,9 +9,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, features as F, predict as P, train as T
+from clinic_lib.core import db
+
+from clinic_lib.modeling import features as F
+
+from clinic_lib.modeling import predict as P
+
+from clinic_lib.modeling import train as T
 from clinic_lib.cli import main as cli_main
-from clinic_lib.errors import CannotRun
+from clinic_lib.core.errors import CannotRun
+from synthetic import load_synthetic
 
 TZ = ZoneInfo("Europe/Berlin")
 END = dt.date(2026, 3, 20)  # days from END on hold booked appointments only
@@ -21,10 +28,10 @@ AS_OF = "2026-03-19"
 @pytest.fixture
 def trained(clinic_env, db_url):
     """A database with synthetic history + 3 booked days, and a logistic model trained on it."""
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
-    F.load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
+    load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
     result = T.train(as_of=AS_OF, valid_days=21, model="logreg", engine=engine)
     yield engine, result
     engine.dispose()
@@ -62,7 +69,7 @@ def test_scoring_is_idempotent(trained, clinic_env):
 def test_scores_use_the_training_features(trained):
     """The indexed per-day path computes exactly what training computes for those rows."""
     engine, result = trained
-    settings = __import__("clinic_lib.config", fromlist=["get_settings"]).get_settings()
+    settings = __import__("clinic_lib.core.config", fromlist=["get_settings"]).get_settings()
     day = dt.date(2026, 3, 21)
     with engine.connect() as conn:
         first = conn.execute(sa.select(db.appointments).where(db.appointments.c.local_date == day.isoformat())
@@ -154,7 +161,7 @@ def test_score_notebook_runs_with_papermill(trained, clinic_env, db_url, tmp_pat
     if not db_url.startswith("sqlite"):
         pytest.skip("one notebook run is enough")
     import papermill as pm
-    from clinic_lib.config import PROJECT_ROOT
+    from clinic_lib.core.config import PROJECT_ROOT
     nb = PROJECT_ROOT / "notebooks" / "score.ipynb"
     pm.execute_notebook(str(nb), str(tmp_path / "score_out.ipynb"), parameters={"day": "2026-03-20"},
                         kernel_name="python3", cwd=str(nb.parent), progress_bar=False)

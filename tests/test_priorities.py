@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.calendar import next_clinic_day
-from clinic_lib.config import get_settings
-from clinic_lib.priorities import build_priorities, heuristic_risk
-from clinic_lib.timeutil import BadDate
+from clinic_lib.core import db
+from clinic_lib.core.clinic_days import next_clinic_day
+from clinic_lib.core.config import get_settings
+from clinic_lib.reception.priorities import build_priorities, heuristic_risk
+from clinic_lib.core.timeutil import BadDate
 from reception_data import DAY, add_model_scores, load_clinic
 
 
@@ -138,7 +138,7 @@ def test_next_clinic_day(engine):
 
 
 def test_next_clinic_day_without_roster(sqlite_url):
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     e = db.make_engine(sqlite_url)
     migrate(e)
     assert next_clinic_day(e, dt.date(2026, 10, 23)) == dt.date(2026, 10, 26)  # Mon-Fri assumed
@@ -147,7 +147,7 @@ def test_next_clinic_day_without_roster(sqlite_url):
 @pytest.fixture
 def sqlite_clinic(tmp_path, monkeypatch, sqlite_url):
     """The reception clinic in a SQLite file, with the project environment pointing at it."""
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     monkeypatch.setenv("CLINIC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
@@ -171,7 +171,7 @@ def test_cli_priorities(sqlite_clinic, capsys):
 
 def test_priorities_notebook_with_parameters_only(sqlite_clinic, tmp_path):
     import papermill as pm
-    from clinic_lib.config import PROJECT_ROOT
+    from clinic_lib.core.config import PROJECT_ROOT
     out = tmp_path / "priorities_out.ipynb"
     pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "priorities.ipynb"), str(out),
                         parameters={"day": "2026-03-30"}, cwd=str(PROJECT_ROOT / "notebooks"), progress_bar=False,
@@ -232,7 +232,7 @@ def test_holdout_secret_made_once_in_the_private_data_folder(engine, clinic_env,
     expected = [int(_u(i, secret.encode()) < 0.5) for i in first["appointment_id"]]
     assert list(first["holdout"]) == list(again["holdout"]) == expected
     # an empty file is refused, not used as a secret
-    from clinic_lib.errors import CannotRun
+    from clinic_lib.core.errors import CannotRun
     path.write_text("")
     with pytest.raises(CannotRun, match="call_holdout_secret is empty"):
         build_priorities(DAY, engine=engine)

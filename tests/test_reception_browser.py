@@ -19,13 +19,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, users
-from clinic_lib.api import create_app, create_server
-from clinic_lib.config import get_settings
-from clinic_lib.priorities import build_priorities
+from clinic_lib.core import db
+
+from clinic_lib.reception import users
+from clinic_lib.reception.api import create_app, create_server
+from clinic_lib.core.config import get_settings
+from clinic_lib.reception.priorities import build_priorities
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
-pytestmark = pytest.mark.browser
+# one worker runs this module: its server and browser are built once for all its tests
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_reception_browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -15,13 +15,15 @@ from urllib.parse import urlencode
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, users
-from clinic_lib.api import create_app, create_server
-from clinic_lib.calendar import next_clinic_day
-from clinic_lib.config import get_settings
-from clinic_lib.errors import CannotRun
-from clinic_lib.priorities import build_priorities
-from clinic_lib.timeutil import today_local
+from clinic_lib.core import db
+
+from clinic_lib.reception import users
+from clinic_lib.reception.api import create_app, create_server
+from clinic_lib.core.clinic_days import next_clinic_day
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.errors import CannotRun
+from clinic_lib.reception.priorities import build_priorities
+from clinic_lib.core.timeutil import today_local
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
 TOKEN = "test-token-0123456789"
@@ -504,7 +506,7 @@ def test_recording_commits_then_tells_the_cache_before_the_connection_goes_back(
     """record_call commits on the pool's DBAPI connection (outside SQLAlchemy's events): its
     on_commit runs after the commit and while the connection is still checked out, so the screen
     drops the list cache before any other request can check it on that connection."""
-    from clinic_lib import call_list
+    from clinic_lib.reception import call_list
     anna = users.require_user(engine, "anna")
     seen_from_elsewhere = []
 
@@ -534,3 +536,20 @@ def test_recording_commits_then_tells_the_cache_before_the_connection_goes_back(
     client.post(calls_url(102), data={"csrf_token": client.csrf, "outcome": "voicemail"})
     assert cache.generation > before
     assert "Voicemail by anna" in text(row_html(client.get(LIST).get_data(as_text=True), 102))
+
+
+def test_held_out_rows_say_do_not_call(screen, engine):
+    """The randomised call holdout's rows: marked on the list and in print, left out of what is
+    still to call and of the progress."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(db.priorities).where(db.priorities.c.appointment_id == 102).values(holdout=1))
+    client = signed_in(screen)
+    html = client.get(LIST).get_data(as_text=True)
+    assert "Hold out: do not call" in text(row_html(html, 102))
+    assert all("Hold out" not in text(row_html(html, a)) for a in (101, 103, 104))
+    assert "0 of 3 called, 0 reached, 1 held out (not to call)" in text(html)
+    assert rows_in(client.get(LIST + "&show=open").get_data(as_text=True)) == [101, 103, 104]
+    client.post(calls_url(101), data={"csrf_token": client.csrf, "outcome": "reached"})
+    assert "1 of 3 called, 1 reached, 1 held out" in text(client.get(LIST).get_data(as_text=True))
+    printed = client.get("/print?day=2026-03-30").get_data(as_text=True)
+    assert text(printed).count("HOLD OUT: DO NOT CALL") == 1 and printed.count("Note:") == 3

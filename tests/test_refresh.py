@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from clinic_lib import db
-from clinic_lib.dataset import DropError
-from clinic_lib.refresh import RefreshError, refresh_day
+from clinic_lib.core import db
+from clinic_lib.ingest.drop_format import DropError
+from clinic_lib.ingest.refresh import RefreshError, refresh_day
 from drops import (DAY, DAY_APPOINTMENTS, HOURS, appt, kill_when_halfway, pay, rows,
                    write_day_drop, write_drop, write_table)
 
@@ -194,7 +194,7 @@ def test_dst_day_selected_by_local_date_not_utc_date(clinic_env, engine):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    from clinic_lib import refresh
+    from clinic_lib.ingest import refresh
     real_upsert = refresh.upsert
     def upsert_then_hang(conn, table, frame):
         n = real_upsert(conn, table, frame)
@@ -208,7 +208,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_sigkill_midway_leaves_database_as_before(clinic_env, monkeypatch, db_url):
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
     data = clinic_env / "data"
@@ -230,7 +230,7 @@ def test_sigkill_midway_leaves_database_as_before(clinic_env, monkeypatch, db_ur
 
 
 def test_per_day_queries_use_indices(tmp_path):
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
     migrate(engine)
     queries = {

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from clinic_lib import db
-from clinic_lib.reminders import DeliveryError, TemplateError, send_reminders
+from clinic_lib.core import db
+from clinic_lib.reception.reminders import DeliveryError, TemplateError, send_reminders
 from reception_data import DAY, load_clinic
 
 
@@ -154,8 +154,8 @@ def test_header_injection_and_invalid_address(engine, clinic_env):
 def test_cli_and_notebook(tmp_path, monkeypatch, sqlite_url, capsys):
     import papermill as pm
     from clinic_lib.cli import main
-    from clinic_lib.config import PROJECT_ROOT
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.config import PROJECT_ROOT
+    from clinic_lib.core.migrate import migrate
     monkeypatch.setenv("CLINIC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
@@ -200,7 +200,7 @@ def test_two_runs_at_once_send_once(engine, clinic_env):
 
 def test_the_call_holdout_does_not_touch_reminders(engine, clinic_env, monkeypatch):
     """Held-out appointments (101 and 103 at share 0.5 under this secret) get their reminders."""
-    from clinic_lib.priorities import build_priorities
+    from clinic_lib.reception.priorities import build_priorities
     load_clinic(engine)
     monkeypatch.setenv("CLINIC_HOLDOUT_SECRET", "test-secret")
     monkeypatch.setenv("CALL_HOLDOUT_SHARE", "0.5")

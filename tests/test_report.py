@@ -7,7 +7,7 @@ import re
 import nbformat
 from nbclient import NotebookClient
 
-from clinic_lib.report import render_run_report, step_notebooks
+from clinic_lib.pipeline.run_report import render_run_report, step_notebooks
 
 
 def _executed(path, sources):
@@ -32,7 +32,7 @@ def test_report_has_each_step_in_run_order_without_code(tmp_path):
         "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
         "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))",
         # a matplotlib figure through train.show_figure: its titles become the image's alt text
-        "%matplotlib inline\nimport matplotlib.pyplot as plt\nfrom clinic_lib.train import show_figure\n"
+        "%matplotlib inline\nimport matplotlib.pyplot as plt\nfrom clinic_lib.modeling.train import show_figure\n"
         "fig, (a, b) = plt.subplots(1, 2)\na.set_title('ROC <validation>')\nb.set_title('Calibration')\n"
         "show_figure(fig)"])
     (run / "state.json").write_text(json.dumps({"steps": {"validate": {"status": "ok", "seconds": 1.5},

@@ -1,4 +1,4 @@
-"""The roster with its history (clinic_lib/roster.py): a change holds from its day until the next,
+"""The roster with its history (clinic_lib/core/roster.py): a change holds from its day until the next,
 a leaver's roster ends after their last day, and everything that reads the roster (rostered
 minutes, utilization, the next clinic day, the roster check, the dashboard's physio filter)
 reads the one that held on each day. Drops really refreshed, on SQLite and Postgres."""
@@ -8,10 +8,14 @@ import datetime as dt
 
 import pandas as pd
 
-from clinic_lib import db, kpis, roster
-from clinic_lib.calendar import next_clinic_day
-from clinic_lib.refresh import load_raw, refresh_day
-from clinic_lib.roster import Block
+from clinic_lib.core import db
+
+from clinic_lib.dashboard import kpis
+
+from clinic_lib.core import roster
+from clinic_lib.core.clinic_days import next_clinic_day
+from clinic_lib.ingest.refresh import load_raw, refresh_day
+from clinic_lib.core.roster import Block
 from clinic_lib.validate import validate_drop
 from drops import HOURS, PATIENTS, PHYSIOS, appt, rows, write_drop, write_table
 
@@ -149,7 +153,7 @@ def test_the_initial_load_ends_a_leavers_roster_on_their_last_appointment(clinic
 
 
 def test_the_dashboard_offers_a_leaver_only_for_periods_they_worked(clinic_env, engine, monkeypatch):
-    from clinic_lib import dashboard
+    from clinic_lib.dashboard import page as dashboard
     data = clinic_env / "data"
     _drops(data)
     for day in ("2026-02-10", "2026-02-11", "2026-02-12"):
@@ -179,8 +183,8 @@ def test_the_demos_leaver_ends_their_roster_in_the_drop_of_their_last_day(tmp_pa
     """The demo's leaver leaves while the daily drops run: the drop of their last appointment's day
     marks them inactive and the refresh ends their roster there; raw plus every drop equals a raw
     export of the last day, roster history included."""
-    from clinic_lib.demo import generate_demo
-    from clinic_lib.dataset import read_csv_text
+    from clinic_lib.ingest.demo import generate_demo
+    from clinic_lib.ingest.drop_format import read_csv_text
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     today = D(2026, 6, 30)
     sizes = dict(seed=5, today=today, physios=5, patients=400, days_history=120, drop_days=45)

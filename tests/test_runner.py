@@ -10,9 +10,9 @@ import nbformat
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db
-from clinic_lib.config import PROJECT_ROOT
-from clinic_lib.migrate import migrate
+from clinic_lib.core import db
+from clinic_lib.core.config import PROJECT_ROOT
+from clinic_lib.core.migrate import migrate
 from drops import DAY, write_day_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")
@@ -93,7 +93,7 @@ def test_resume_skips_steps_that_succeeded(project_env):
 
 
 def test_second_run_exits_while_lock_is_held(project_env):
-    from clinic_lib import runner
+    from clinic_lib.pipeline import runner
     lock = runner.locked()
     try:
         out = run_daily("--day", DAY, "--steps", "refresh")

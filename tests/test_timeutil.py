@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from clinic_lib.timeutil import series_local_date, series_to_utc_text, to_utc_text, utc_text_array
+from clinic_lib.core.timeutil import series_local_date, series_to_utc_text, to_utc_text, utc_text_array
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

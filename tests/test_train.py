@@ -15,10 +15,19 @@ import sklearn
 import sqlalchemy as sa
 from sklearn.naive_bayes import GaussianNB
 
-from clinic_lib import db, evaluate as E, features as F, models as M, train as T
+from clinic_lib.core import db
+
+from clinic_lib.modeling import evaluate as E
+
+from clinic_lib.modeling import features as F
+
+from clinic_lib.modeling import models as M
+
+from clinic_lib.modeling import train as T
 from clinic_lib.cli import main as cli_main
-from clinic_lib.errors import UserError
-from clinic_lib.refresh import bulk_insert
+from clinic_lib.core.errors import UserError
+from clinic_lib.ingest.refresh import bulk_insert
+from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")
 END = dt.date(2026, 3, 20)
@@ -28,16 +37,16 @@ AS_OF = "2026-03-19"
 @pytest.fixture
 def clinic_db(clinic_env, db_url):
     """A migrated database (SQLite and Postgres) with ~120 days of synthetic appointments."""
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
-    F.load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
+    load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ, booked_days=3)
     yield engine
     engine.dispose()
 
 
 def _table(seed=3, patients=200, days=90):
-    frames = F.synthetic_frames(seed=seed, patients=patients, days=days, end=END, tz=TZ)
+    frames = synthetic_frames(seed=seed, patients=patients, days=days, end=END, tz=TZ)
     a = F._normalise_appointments(frames["appointments"])
     table = F.feature_frame(a, F._normalise_patients(frames["patients"]), TZ, 24.0)
     table = table[table["eligible"] & (table["local_date"] <= AS_OF)]
@@ -302,7 +311,7 @@ def _load_two_bump_clinic(engine):
     """Synthetic appointments whose failures depend on the lead time only, non-monotonically (leads
     of 1 and of 30 days fail, the others rarely): a four-feature gradient boosting finds that,
     logistic regression on the features cannot."""
-    frames = F.synthetic_frames(seed=7, patients=300, days=120, end=END, tz=TZ, booked_days=3)
+    frames = synthetic_frames(seed=7, patients=300, days=120, end=END, tz=TZ, booked_days=3)
     a = frames["appointments"]
     lead = (pd.to_datetime(a["appt_start"]) - pd.to_datetime(a["booked_at"])).dt.total_seconds() / 86400
     rng = np.random.default_rng(0)
@@ -317,7 +326,7 @@ def _load_two_bump_clinic(engine):
 
 
 def test_the_four_feature_baseline_ships_when_it_is_better(clinic_env, engine):
-    from clinic_lib.predict import score_day
+    from clinic_lib.modeling.predict import score_day
     _load_two_bump_clinic(engine)
     r = T.train(as_of=AS_OF, valid_days=21, model="logreg", engine=engine)
     means = r.metrics["choice"]["mean_roc_auc"]
@@ -332,7 +341,7 @@ def test_the_four_feature_baseline_ships_when_it_is_better(clinic_env, engine):
 # --- bad input --------------------------------------------------------------------------------------
 
 def test_too_little_history_writes_nothing(clinic_env, engine, capsys):
-    F.load_synthetic(engine, seed=1, patients=40, days=20, end=END, tz=TZ)
+    load_synthetic(engine, seed=1, patients=40, days=20, end=END, tz=TZ)
     with pytest.raises(T.NotEnoughData, match="need at least 500"):
         T.train(as_of=AS_OF, valid_days=7, engine=engine)
     assert cli_main(["train", "--as-of", AS_OF, "--valid-days", "7"]) == 2
@@ -342,7 +351,7 @@ def test_too_little_history_writes_nothing(clinic_env, engine, capsys):
 
 
 def test_a_single_outcome_writes_nothing(clinic_env, engine):
-    F.load_synthetic(engine, seed=2, patients=300, days=90, end=END, tz=TZ)
+    load_synthetic(engine, seed=2, patients=300, days=90, end=END, tz=TZ)
     with db.begin_write(engine) as conn:
         conn.execute(db.appointments.update().where(db.appointments.c.status != "booked")
                      .values(status="completed", canceled_at=None))
@@ -383,11 +392,11 @@ def test_train_notebook_runs_with_papermill(clinic_env, db_url, tmp_path):
     if not db_url.startswith("sqlite"):
         pytest.skip("one notebook run is enough")
     import papermill as pm
-    from clinic_lib.config import PROJECT_ROOT
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.config import PROJECT_ROOT
+    from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)
     migrate(engine)
-    F.load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ)
+    load_synthetic(engine, seed=11, patients=300, days=120, end=END, tz=TZ)
     nb = PROJECT_ROOT / "notebooks" / "train.ipynb"
     out = tmp_path / "train_out.ipynb"
     pm.execute_notebook(str(nb), str(out), parameters={"as_of": AS_OF, "valid_days": 21, "model": "logreg"},

@@ -1,4 +1,4 @@
-"""Reception's accounts (clinic_lib/users.py) and `clinic user` on real databases: names,
+"""Reception's accounts (clinic_lib/reception/users.py) and `clinic user` on real databases: names,
 password rules and hashes, the sign-in lock counted in the database (across processes), and the
 command's messages and exit codes."""
 from __future__ import annotations
@@ -10,9 +10,11 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, users
+from clinic_lib.core import db
+
+from clinic_lib.reception import users
 from clinic_lib.cli import main
-from clinic_lib.users import AccountError
+from clinic_lib.reception.users import AccountError
 
 GOOD = "a long enough password"
 

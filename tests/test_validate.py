@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clinic_lib import db, validate
-from clinic_lib.checks import DROP
+from clinic_lib.core import db
+
+from clinic_lib import validate
+from clinic_lib.validation.checks import DROP
 from clinic_lib.cli import main
-from clinic_lib.errors import UserError
-from clinic_lib.refresh import load_raw
+from clinic_lib.core.errors import UserError
+from clinic_lib.ingest.refresh import load_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
@@ -119,7 +121,7 @@ CLEAN = {t: (CORPUS / "clean" / f"{t}.csv").read_bytes() for t in ("patients", "
 @pytest.fixture
 def fuzz_db(tmp_path, monkeypatch):
     """One SQLite database for all examples of a fuzz test (validation must leave it as it is)."""
-    from clinic_lib.migrate import migrate
+    from clinic_lib.core.migrate import migrate
     monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
     engine = db.make_engine(f"sqlite:///{tmp_path / 'fuzz.db'}")
     migrate(engine)
@@ -191,7 +193,7 @@ def test_fuzz_odd_values_in_a_row(fuzz_db, table, cells):
 def test_fuzz_the_csv_reader(tmp_path_factory, data):
     """dataset.read_csv_text/parse_table (used by the refresh): a frame or a DropError, nothing else."""
     from zoneinfo import ZoneInfo
-    from clinic_lib.dataset import parse_table, read_csv_text
+    from clinic_lib.ingest.drop_format import parse_table, read_csv_text
     path = tmp_path_factory.mktemp("r") / "payments.csv"
     path.write_bytes(CLEAN["payments"][:60] + data)
     try:
@@ -277,7 +279,7 @@ def test_plain_values_keep_the_columns_index():
     """Frames of a drop are indexed by CSV line: the converted values stay with their lines."""
     import pandas as pd
     import pyarrow as pa
-    from clinic_lib.dataset import plain_values
+    from clinic_lib.ingest.drop_format import plain_values
     column = pd.Series(["7", "", "9"], index=[2, 3, 4], dtype=object).astype(str)
     values = plain_values(column, r"^\d+$", False, pa.int64())
     assert list(values.index) == [2, 3, 4] and values[2] == 7 and values[4] == 9 and pd.isna(values[3])

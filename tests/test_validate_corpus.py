@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from clinic_lib import db, validate
-from clinic_lib.refresh import load_raw, refresh_day
+from clinic_lib.core import db
+
+from clinic_lib import validate
+from clinic_lib.ingest.refresh import load_raw, refresh_day
 
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
@@ -23,7 +25,7 @@ def base_engine(engine, clinic_env):
 
 def test_manifest_covers_every_drop_check():
     """At least one bad drop per check that runs on drops (the db-only ones are in test_validate_db)."""
-    from clinic_lib.checks import DROP, for_scope
+    from clinic_lib.validation.checks import DROP, for_scope
     covered = {d["check"] for d in MANIFEST["drops"]}
     assert {c.id for c in for_scope(DROP)} - covered == set()
     assert all((CORPUS / d["folder"]).is_dir() for d in MANIFEST["drops"])
@@ -59,7 +61,7 @@ def test_every_bad_drop_is_caught_with_its_row(base_engine):
 
 
 def test_a_bad_drop_is_reported_in_json_and_validation_runs(base_engine, clinic_env):
-    from clinic_lib.config import get_settings
+    from clinic_lib.core.config import get_settings
     report = validate.validate_drop(DAY, base_engine, folder=CORPUS / "orphan_patient")
     path = get_settings().validation_dir / f"validation_{DAY}.json"
     assert report.report_path == path

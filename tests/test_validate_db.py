@@ -7,7 +7,9 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib import db, validate
+from clinic_lib.core import db
+
+from clinic_lib import validate
 
 NOW = "2026-03-30T12:00:00+00:00"
 
@@ -129,7 +131,7 @@ def test_sqlite_text_instants_not_in_canonical_form(sqlite_url):
 
 def test_migrated_database_passes_and_trusts_its_constraints(engine, clinic_env):
     from pathlib import Path
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.ingest.refresh import load_raw
     corpus = Path(__file__).resolve().parent / "bad_drops"
     load_raw(engine, folder=corpus / "base")
     report = validate.validate_db(engine, record=False)
@@ -142,8 +144,8 @@ def test_migrated_database_passes_and_trusts_its_constraints(engine, clinic_env)
 def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
     """Another tool wrote with PRAGMA foreign_keys=OFF and without the payment trigger."""
     from pathlib import Path
-    from clinic_lib.migrate import migrate
-    from clinic_lib.refresh import load_raw
+    from clinic_lib.core.migrate import migrate
+    from clinic_lib.ingest.refresh import load_raw
     engine = db.make_engine(sqlite_url)
     migrate(engine)
     load_raw(engine, folder=Path(__file__).resolve().parent / "bad_drops" / "base")
@@ -161,6 +163,6 @@ def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
 
 
 def test_validation_refuses_a_database_without_schema(sqlite_url):
-    from clinic_lib.errors import CannotRun
+    from clinic_lib.core.errors import CannotRun
     with pytest.raises(CannotRun, match="clinic migrate"):
         validate.validate_db(db.make_engine(sqlite_url), record=False)

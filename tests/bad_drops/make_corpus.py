@@ -1,4 +1,4 @@
-"""Writes the bad-drop corpus of the validation gate (issue 3): run it to regenerate the folders.
+"""Writes the bad-drop corpus of the validation gate: run it to regenerate the folders.
 
     .venv/bin/python tests/bad_drops/make_corpus.py
 
@@ -170,7 +170,7 @@ def main() -> None:
         if change is not None:
             folder, check, file, line, how, fn = change
             fn(tables)
-            severity = __import__("clinic_lib.checks", fromlist=["CATALOGUE"]).CATALOGUE[check].severity
+            severity = __import__("clinic_lib.validation.checks", fromlist=["CATALOGUE"]).CATALOGUE[check].severity
             manifest["drops"].append({"folder": folder, "check": check, "severity": severity, "file": file,
                                       "line": line, "change": how, "exit_code": 1 if severity == "error" else 0})
         for table, rows in tables.items():
