@@ -130,7 +130,7 @@ def card_value(key: str, summary: kpis.Summary) -> str:
 
 def _value_class(text: str) -> str:
     """Long values (an outstanding total in the hundred thousands) get a smaller font to fit."""
-    return "kpi-value" + (" longer" if len(text) > 13 else " long" if len(text) > 9 else "")
+    return "kpi-value" + (" longer" if len(text) > 12 else " long" if len(text) > 9 else "")
 
 
 # One line under a card's value that says what it counts (kpis.py has the formulas).

@@ -21,11 +21,11 @@ pio.templates["clinic"] = go.layout.Template(layout=pio.templates["plotly_white"
 
 
 def _layout(fig: go.Figure, title: str, yaxis: str | None = None, percent: bool = False) -> go.Figure:
-    # The legend sits on its own line under the title, both from the left edge: on a phone's
-    # narrow chart a legend beside the title would cover it.
+    # The legend sits under the title, both from the left edge: on a phone's narrow chart a legend
+    # beside the title would cover it. The top margin holds the title and two rows of legend.
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1 - 8 / HEIGHT, yanchor="top",
                                  font=dict(size=15)),
-                      height=HEIGHT, margin=dict(l=50, r=10, t=70, b=40), template="clinic",
+                      height=HEIGHT, margin=dict(l=50, r=10, t=84, b=40), template="clinic",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
                       yaxis_title=yaxis, hovermode="x unified")
     if percent:
