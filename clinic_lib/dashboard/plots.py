@@ -134,6 +134,40 @@ def risk(buckets: pd.DataFrame, day) -> go.Figure:
     return fig
 
 
+def _weeks(weekly: pd.DataFrame) -> list[str]:
+    return [str(w) for w in weekly["week"]]
+
+
+def model_auc(weekly: pd.DataFrame, holdout_auc: float | None) -> go.Figure:
+    """The model's realised ROC AUC per week (its scored appointments with an outcome, pooled),
+    with the estimate on the model's holdout days as a dashed reference line. 0.5 is a coin."""
+    fig = go.Figure([go.Scatter(x=_weeks(weekly), y=_vals(weekly["roc_auc"]), name="realised ROC AUC",
+                                mode="lines+markers", connectgaps=False, line=dict(color=COLORS["booked"]))])
+    if holdout_auc is not None:
+        fig.add_hline(y=float(holdout_auc), line=dict(dash="dash", color="#777", width=1.5),
+                      annotation=dict(text=f"holdout estimate {float(holdout_auc):.2f}", font=dict(size=11)),
+                      annotation_position="bottom right")
+    fig = _layout(fig, "Realised ROC AUC per week", None)
+    fig.update_yaxes(range=[0.3, 1.0])
+    fig.update_xaxes(type="date", tickformat="%d %b", title_text="week from")
+    return fig
+
+
+def model_rates(weekly: pd.DataFrame) -> go.Figure:
+    """Per week: the share of the model's scored appointments that failed (no-show or late
+    cancellation) against the mean risk it predicted for them."""
+    x = _weeks(weekly)
+    fig = go.Figure([
+        go.Scatter(x=x, y=_vals(weekly["observed_rate"]), name="observed failure rate", mode="lines+markers",
+                   line=dict(color=COLORS["cancellations"])),
+        go.Scatter(x=x, y=_vals(weekly["mean_risk"]), name="mean predicted risk", mode="lines+markers",
+                   line=dict(color=COLORS["booked"], dash="dot")),
+    ])
+    fig = _layout(fig, "Observed vs predicted failure rate", None, percent=True)
+    fig.update_xaxes(type="date", tickformat="%d %b", title_text="week from")
+    return fig
+
+
 def warm_up() -> None:
     """Build and serialize one figure of each kind: plotly loads its validators on first use."""
     import datetime as dt
