@@ -46,7 +46,8 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_TODAY, Results, loaded_sqlite, table  # noqa: E402
 
-from clinic_lib import db, users  # noqa: E402
+from clinic_lib.core import db  # noqa: E402
+from clinic_lib.reception import users  # noqa: E402
 from clinic_lib.core.clinic_days import next_clinic_day  # noqa: E402
 from clinic_lib.reception.priorities import build_priorities, day_param  # noqa: E402
 

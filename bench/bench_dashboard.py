@@ -274,6 +274,20 @@ def main(argv=None):
     if memory:
         print("\nMemory (resident set, MB):\n")
         print(table(["process", "MB"], [(m, f"{mb:.0f}") for m, mb in memory]))
+    # docs/benchmarks.md: the same rows through Results (make bench writes the document from one run)
+
+    results = Results("dashboard", loop_seconds=loop)
+    subject = "KPI dashboard"
+    results.note(subject, f"{n:,} appointments ({'the demo at ' + str(a.scale) + 'x' if not a.db_url else 'the given database'}), "
+                          f"median of {a.repeat}")
+    for measure, seconds, target in rows:
+        if target:
+            results.absolute(subject, measure, seconds, "s", at_most=target)
+        else:
+            results.info(subject, measure, seconds, "s")
+    for process, mb in memory:
+        results.info(subject, f"memory: {process}", mb, "MB", digits=0)
+    results.save()
 
 if __name__ == "__main__":
     main()

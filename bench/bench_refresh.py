@@ -33,7 +33,7 @@ from common import CACHE, Results, demo_data, empty_sqlite, loaded_sqlite, table
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.schema import CreateIndex  # noqa: E402
 
-from clinic_lib import db  # noqa: E402
+from clinic_lib.core import db  # noqa: E402
 from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER  # noqa: E402
 from clinic_lib.ingest.refresh import LOAD_ORDER, load_raw, refresh_day  # noqa: E402
 

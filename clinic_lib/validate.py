@@ -39,14 +39,17 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-from clinic_lib.validation.checks import CATALOGUE, DB, DROP, ERROR, for_scope
+
+from clinic_lib.core import phones
+from clinic_lib.core.clinic_days import is_clinic_day
+from clinic_lib.validation.checks import CATALOGUE, DB, DROP, ERROR, NO_ROWS_FOR_DAY, for_scope
 from clinic_lib.core.config import get_settings
 from clinic_lib.ingest.drop_format import COLUMNS, DROP_FILES, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
 from clinic_lib.ingest.refresh import VERSIONED_TABLES, newer_in_database
-from clinic_lib.core.roster import apply_drop, read_blocks
-from clinic_lib.core.roster import as_frame as roster_frame
 from clinic_lib.core.errors import CannotRun, UserError
 from clinic_lib.core.timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, parse_day, series_to_utc_text, utc_now_text
+from clinic_lib.core.roster import apply_drop, read_blocks
+from clinic_lib.core.roster import as_frame as roster_frame
 
 MAX_EXAMPLES = 10
 STATUSES = db.APPOINTMENT_STATUSES
@@ -199,7 +202,8 @@ def _describe(example: dict) -> str:
     if "file" in example:
         parts.append(str(example["file"]) + (f" line {example['line']}" if example.get("line") is not None else "")
                      + (f" column {example['column']}" if example.get("column") else ""))
-    parts += [f"{k}={str(v)[:60]!r}" if isinstance(v, str) else f"{k}={v}"
+    # a value is cut short (it may be anything); a problem is our own sentence, said in full
+    parts += [f"{k}={str(v)[:300 if k == 'problem' else 60]!r}" if isinstance(v, str) else f"{k}={v}"
               for k, v in example.items() if k not in ("file", "line", "column")]
     return ", ".join(parts)
 
@@ -361,20 +365,9 @@ def email_ok(s: pd.Series) -> pd.Series:
     return (t == "") | t.str.fullmatch(_EMAIL).fillna(False).astype(bool)
 
 
-def phone_possible(number: str, region: str) -> bool:
-    """Can this number be dialled: a *possible* full number for phonenumbers (E.164 normalisation);
-    IS_POSSIBLE_LOCAL_ONLY does not count."""
-    import phonenumbers
-    try:
-        parsed = phonenumbers.parse(str(number)[:64], region)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_possible_number_with_reason(parsed) == phonenumbers.ValidationResult.IS_POSSIBLE
-
-
 def _db_contacts(conn, out: Report) -> None:
-    """patient.phone_invalid / patient.email_invalid over the whole table (vectorised, see phone_ok;
-    grouping the shapes in SQL is slower than in pandas)."""
+    """patient.phone_scientific, patient.phone_invalid and patient.email_invalid over the whole
+    table (vectorised, see phones.possible_or_empty; grouping the shapes in SQL is slower)."""
     cursor = conn.connection.cursor()  # the DB-API cursor: plain tuples, no Row objects for 60k rows
     try:
         cursor.execute("SELECT patient_id, phone, email FROM patients WHERE phone IS NOT NULL OR email IS NOT NULL")
@@ -383,7 +376,8 @@ def _db_contacts(conn, out: Report) -> None:
         cursor.close()
     ids, phones, emails = (list(c) for c in zip(*rows)) if rows else ([], [], [])
     p = pd.DataFrame({"patient_id": ids, "phone": phones, "email": emails}, dtype=object)
-    for check_id, column, ok in (("patient.phone_invalid", "phone", phone_ok),
+    for check_id, column, ok in (("patient.phone_scientific", "phone", phone_not_scientific),
+                                 ("patient.phone_invalid", "phone", phone_ok),
                                  ("patient.email_invalid", "email", email_ok)):
         wrong = p[~ok(p[column])] if len(p) else p
         if len(wrong):
@@ -393,26 +387,13 @@ def _db_contacts(conn, out: Report) -> None:
 
 
 def phone_ok(s: pd.Series, region: str | None = None) -> pd.Series:
-    """True where a phone is empty or normalises to a possible number (phonenumbers, E.164).
+    """patient.phone_invalid passes: empty, dialable, or in scientific notation (which is
+    patient.phone_scientific's to report)."""
+    return phones.possible_or_empty(s, region or phone_region()) | phones.scientific(s)
 
-    Vectorised: numbers are grouped by shape (separators removed; digits-only numbers keyed by
-    their first six characters and their length, which is what decides "possible" - the country
-    code and the length of the national number), and phonenumbers runs once per shape.
-    """
-    region = region or phone_region()
-    t = s.fillna("").astype(str).str.strip()
-    empty = t == ""
-    norm = t.str.replace(r"[\s\-./()]", "", regex=True)
-    simple = norm.str.fullmatch(r"\+*\d{1,30}").fillna(False).astype(bool)
-    key = norm.where(~simple, norm.str[:6] + "#" + norm.str.len().astype(str))
-    result = pd.Series(True, index=s.index)
-    todo = ~empty
-    if not todo.any():
-        return result
-    reps = norm[todo].groupby(key[todo], sort=False).first()
-    verdict = {k: phone_possible(v, region) for k, v in reps.items()}
-    result[todo] = key[todo].map(verdict).astype(bool)
-    return result
+
+def phone_not_scientific(s: pd.Series) -> pd.Series:
+    return ~phones.scientific(s)
 
 
 # kind of column -> [(check id, ok-function)]
@@ -430,7 +411,7 @@ KINDS = {
     "date": [("value.type", _ok_date)],
     "price": [("value.type", _ok_amount_type), ("price.negative", _ok_not_negative)],
     "amount": [("value.missing", _ok_required), ("value.type", _ok_amount_type), ("payment.negative", _ok_not_negative)],
-    "phone": [("patient.phone_invalid", lambda s: phone_ok(s))],
+    "phone": [("patient.phone_scientific", phone_not_scientific), ("patient.phone_invalid", lambda s: phone_ok(s))],
     "email": [("patient.email_invalid", email_ok)],
     "weekday": [("value.type", _ok_weekday)],
     "hhmm": [("value.type", _ok_hhmm)],
@@ -590,6 +571,17 @@ def _check_values(table: str, frame: pd.DataFrame, report: Report) -> None:
         if dup.any():
             report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": id_col,
                                                  "value": frame.at[line, id_col]} for line in frame.index[dup]])
+    key = ["physio_id", "weekday", "start_time"]
+    if table == "physio_hours" and all(c in frame.columns for c in key):
+        # the roster's primary key: the refresh's insert would fail on the second block
+        blocks = pd.DataFrame({c: _strip(frame[c]) for c in key})
+        blocks["physio_id"] = _numbers(frame["physio_id"])
+        dup = blocks.duplicated(keep="first") & blocks["physio_id"].notna()
+        if dup.any():
+            report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": "start_time",
+                                                 "physio_id": frame.at[line, "physio_id"],
+                                                 "weekday": frame.at[line, "weekday"],
+                                                 "value": frame.at[line, "start_time"]} for line in frame.index[dup]])
     if not columns or frame.frame.empty:
         return
     try:
@@ -693,7 +685,9 @@ def _stage_frames(frames: dict, tz, day: dt.date, report: Report) -> dict[str, p
         out["patients"] = pd.DataFrame({"patient_id": _ids(f, "patient_id"), "line": f.index})
     if "physios" in frames:
         f = frames["physios"]
-        out["physios"] = pd.DataFrame({"physio_id": _ids(f, "physio_id"), "line": f.index})
+        active = (pd.to_numeric(_strip(f["active"]), errors="coerce").where(_ok_flag(f["active"])).astype("Int64")
+                  if "active" in f else pd.Series(pd.NA, index=f.index, dtype="Int64"))
+        out["physios"] = pd.DataFrame({"physio_id": _ids(f, "physio_id"), "active": active, "line": f.index})
     if "physio_hours" in frames:
         f = frames["physio_hours"]
         hours = pd.DataFrame({"physio_id": _ids(f, "physio_id"),
@@ -764,7 +758,7 @@ def _stage_frames(frames: dict, tz, day: dt.date, report: Report) -> dict[str, p
 
 _STAGE_COLUMNS = {
     "patients": [("patient_id", "id"), ("line", "int")],
-    "physios": [("physio_id", "id"), ("line", "int")],
+    "physios": [("physio_id", "id"), ("active", "int"), ("line", "int")],
     "physio_hours": [("physio_id", "id"), ("weekday", "int"), ("start_time", "text"), ("end_time", "text"),
                      ("line", "int")],
     "appointments": [("appointment_id", "id"), ("patient_id", "id"), ("physio_id", "id"), ("appt_start", "ts"),
@@ -917,8 +911,12 @@ def _validate_drop(report: Report, folder: Path, engine, tz, day: dt.date, allow
         n_day += int((staged["appointments"]["local_date"] == day_text).sum())
     if "payments" in staged:
         n_day += int((staged["payments"]["paid_date"] == day_text).sum())
-    if n_day == 0 and not allow_empty and "appointments" in frames and "payments" in frames:
-        report.add("drop.no_rows_for_day", [{"file": "appointments.csv", "day": day_text}])
+    if n_day == 0 and not allow_empty and "appointments" in frames and "payments" in frames \
+            and is_clinic_day(engine, day):
+        # the refresh's rule and words (refresh_day): an empty export of a working day is more
+        # often a broken export than a quiet day
+        report.add("drop.no_rows_for_day", [{"file": "appointments.csv", "day": day_text,
+                                             "problem": NO_ROWS_FOR_DAY.format(day=day_text)}])
     day_start, day_end = local_day_bounds_utc(day, tz)
     params = {"day": day_text, "horizon": day_end, "day_start": day_start, "day_end": day_end,
               "factor": payment_max_factor()}
@@ -990,6 +988,15 @@ def _drop_sql_checks(conn, report: Report, staged: dict, params: dict) -> None:
                 ORDER BY a.line""")
             if rows:
                 report.add(check_id, [_example(r, "appointments.csv", col) for r in rows])
+        # a booking after D with a physio who has left, as the drop says or else the database
+        rows = _rows(conn, f"""
+            SELECT a.line, a.appointment_id, a.physio_id AS value, a.local_date FROM vstg_appointments a
+            WHERE a.status = 'booked' AND a.local_date > {day} AND a.physio_id IS NOT NULL
+              AND COALESCE((SELECT s.active FROM vstg_physios s WHERE s.physio_id = a.physio_id),
+                           (SELECT p.active FROM physios p WHERE p.physio_id = a.physio_id)) = 0
+            ORDER BY a.line""", **params)
+        if rows:
+            report.add("physio.inactive", [_example(r, "appointments.csv", "physio_id") for r in rows])
         # ids the database uses for something else
         rows = _rows(conn, """
             SELECT s.line, s.appointment_id, s.patient_id AS value, a.patient_id AS patient_id_in_database
@@ -1308,6 +1315,17 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
                 out.add(check_id, [{"table": table, "column": col, **r} for r in rows], count=n)
         _db_contacts(conn, out)
     tasks.append(small_tables)
+
+    def inactive_physios(conn, out: Report):
+        # booked from today on with a physio who has left (the local_date index, then the physio)
+        cond = f"""a.status = 'booked' AND a.local_date >= {_date_param_for(sqlite, 'today')}
+                   AND EXISTS (SELECT 1 FROM physios p WHERE p.physio_id = a.physio_id AND p.active = 0)"""
+        n = conn.execute(sa.text(f"SELECT COUNT(*) FROM appointments a WHERE {cond}"), {"today": today}).scalar()
+        if n:
+            rows = _rows(conn, f"""SELECT a.appointment_id, a.physio_id AS value, a.local_date FROM appointments a
+                WHERE {cond} ORDER BY a.appointment_id LIMIT {MAX_EXAMPLES}""", today=today)
+            out.add("physio.inactive", [{"table": "appointments", "column": "physio_id", **r} for r in rows], count=n)
+    tasks.append(inactive_physios)
 
     def roster(conn, out: Report):
         hours = roster_frame(read_blocks(conn))

@@ -170,6 +170,30 @@ def test_list_cache_never_serves_stale_data(app, client, engine, db_url):
     assert plain.test_client().get(url, headers=AUTH).get_json() == client.get(url, headers=AUTH).get_json()
 
 
+def test_without_day_the_next_clinic_day(client):
+    """Reception asks for "tonight's list": the next clinic day after today in Berlin (the roster:
+    Monday to Friday; physio 3's Saturday does not count, he has left), as the CLI's default."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    def next_weekday():
+        day = dt.datetime.now(ZoneInfo("Europe/Berlin")).date() + dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day += dt.timedelta(days=1)
+        return day
+
+    for _ in range(3):  # unless the clinic's midnight passes during the request
+        expected = next_weekday()
+        r = client.get("/priorities", headers=AUTH)
+        if next_weekday() == expected:
+            break
+    assert r.status_code == 200
+    assert r.get_json()["day"] == expected.isoformat()
+    assert r.headers["Content-Location"] == f"/priorities?day={expected}"
+    explicit = client.get(f"/priorities?day={expected}", headers=AUTH)
+    assert explicit.get_json() == r.get_json() and "Content-Location" not in explicit.headers
+
+
 def test_offset_transitions():
     import datetime as dt
     from zoneinfo import ZoneInfo
@@ -210,7 +234,6 @@ def test_call_outcomes_kept_as_history(client, engine):
 
 
 @pytest.mark.parametrize("query, expected", [
-    ("", "expected query parameter day=YYYY-MM-DD"),
     ("?day=", "expected query parameter day=YYYY-MM-DD"),
     ("?day=2026-02-30", "a real date"),
     ("?day=tomorrow", "YYYY-MM-DD"),

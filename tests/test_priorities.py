@@ -236,3 +236,22 @@ def test_holdout_secret_made_once_in_the_private_data_folder(engine, clinic_env,
     path.write_text("")
     with pytest.raises(CannotRun, match="call_holdout_secret is empty"):
         build_priorities(DAY, engine=engine)
+
+
+@pytest.mark.parametrize("phone, missing", [
+    ("4.91512E+11", 1),  # a spreadsheet's: 8 digits, none after the sixth known
+    ("+49 151 234567890123456", 1),  # digits enough, but no possible German number
+    ("+49 151 2222222", 0),
+    ("", 1),
+])
+def test_missing_phone_is_validations_dialable_rule(engine, clinic_env, phone, missing):
+    """The list calls a number missing exactly when the validation gate would report it."""
+    from clinic_lib import validate
+    load_clinic(engine)
+    with db.begin_write(engine) as conn:  # patient 3 has appointment 103 on D
+        conn.execute(db.patients.update().where(db.patients.c.patient_id == 3).values(phone=phone or None))
+    f = build_priorities(DAY, engine=engine).frame
+    assert f.loc[f["appointment_id"] == 103, "missing_phone"].item() == missing
+    value = pd.Series([phone])
+    reported = not (validate.phone_ok(value) & validate.phone_not_scientific(value)).item()
+    assert reported == bool(missing and phone)

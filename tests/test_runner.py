@@ -121,3 +121,44 @@ def test_young_clinic_runs_the_whole_chain_without_a_model(project_env):
     listing = (project_env / "outputs" / "priorities" / "priorities_2026-02-11.csv").read_text().splitlines()
     assert listing[0].startswith("rank,") or "appointment_id" in listing[0]
     assert (run / "report.html").exists()
+
+
+def test_outputs_that_cannot_be_written_is_could_not_run(project_env, monkeypatch):
+    """An OS error before the first step: exit 2, one line naming the path and the cause."""
+    write_day_drop(project_env / "data")
+    engine = db.make_engine(os.environ["DATABASE_URL"])
+    before = db.content_hash(engine)
+    in_the_way = project_env / "outputs-file"
+    in_the_way.write_text("not a folder")
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(in_the_way))  # the lock's folder is a file
+    out = run_daily("--day", DAY, "--steps", "refresh", "--quiet")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"run_daily.py: could not run: cannot take the run lock, {in_the_way}: File exists "
+        "(a file is where a folder is needed)"]
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(project_env / "outputs"))
+    (project_env / "outputs").mkdir()
+    (project_env / "outputs" / "runs").write_text("")  # the run folder's parent is a file
+    out = run_daily("--day", DAY, "--steps", "refresh", "--quiet")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"run_daily.py: could not run: cannot prepare the run folder, {project_env / 'outputs' / 'runs' / DAY}: "
+        "Not a directory (a file is where a folder is needed)"]
+    out = run_daily("--from", "2026-02-09", "--to", DAY, "--steps", "refresh", "--empty-day", "--quiet")
+    assert out.returncode == 2 and "cannot prepare the run folder" in out.stderr, out.stderr
+    assert db.content_hash(engine) == before  # nothing ran
+    (project_env / "outputs" / "runs").unlink()
+    assert run_daily("--day", DAY, "--steps", "refresh").returncode == 0  # and the lock was let go
+
+
+def test_os_error_during_a_step_fails_that_step(project_env):
+    write_day_drop(project_env / "data")
+    run = project_env / "outputs" / "runs" / DAY
+    (run / "report.html").mkdir(parents=True)  # the report cannot be written over a folder
+    out = run_daily("--day", DAY, "--steps", "refresh,report")
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run_daily.py: day {DAY}, step 'report' failed: IsADirectoryError:")
+    assert "Traceback" not in out.stderr
+    state = json.loads((run / "state.json").read_text())["steps"]
+    assert (state["refresh"]["status"], state["report"]["status"]) == ("ok", "failed")

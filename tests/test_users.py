@@ -70,7 +70,7 @@ def test_the_lock_is_counted_across_processes(engine, db_url):
     users.add_user(engine, "anna", GOOD)
     for _ in range(3):
         users.authenticate(engine, "anna", "wrong")
-    code = ("import sys; from clinic_lib import db, users; e = db.make_engine(sys.argv[1]); "
+    code = ("import sys; from clinic_lib.core import db; from clinic_lib.reception import users; e = db.make_engine(sys.argv[1]); "
             "print(*[users.authenticate(e, 'anna', 'wrong').status for _ in range(2)])")
     out = subprocess.run([sys.executable, "-c", code, db_url], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

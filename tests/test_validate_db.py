@@ -39,14 +39,16 @@ def _pay(i, appt, cents, paid, method="card"):
 def _plant(engine, with_bad_text: bool = False):
     d = "2026-03-2"
     physios = [dict(physio_id=1, full_name="A", active=1), dict(physio_id=2, full_name="B", active=1),
-               dict(physio_id=3, full_name="C", active=5)]                                  # flag.invalid
+               dict(physio_id=3, full_name="C", active=5),                                  # flag.invalid
+               dict(physio_id=4, full_name="D", active=0)]                                  # has left
     patient = dict(first_name="P", last_name="Q", consent_form_received=1, reminder_consent=1,
                    date_of_birth=None, created_at="2026-01-01T10:00:00+00:00")
     patients = [dict(patient, patient_id=1, phone="+49 151 12345678", email="a@example.org", gender="F"),
                 dict(patient, patient_id=1, phone="+49 151 12345678", email="a@example.org", gender="F"),  # id.duplicate x2
                 dict(patient, patient_id=2, phone="12", email=None, gender=None),             # phone_invalid
                 dict(patient, patient_id=3, phone=None, email="x@", gender=None),             # email_invalid
-                dict(patient, patient_id=4, phone=None, email=None, gender="Q")]              # value.choice
+                dict(patient, patient_id=4, phone=None, email=None, gender="Q"),              # value.choice
+                dict(patient, patient_id=5, phone="4.91762E+11", email=None, gender=None)]    # phone_scientific
     hours = [dict(physio_id=1, weekday=w, start_time="08:00", end_time="18:00") for w in range(5)] + \
             [dict(physio_id=9, weekday=0, start_time="08:00", end_time="12:00")]              # orphan.physio
     z = "+00:00"
@@ -65,6 +67,8 @@ def _plant(engine, with_bad_text: bool = False):
         _appt(21, 77, 1, f"{d}6T11:00:00{z}", f"{d}6T11:30:00{z}"),                          # orphan.patient
         _appt(22, 3, 8, f"{d}6T13:00:00{z}", f"{d}6T13:30:00{z}"),                           # orphan.physio
         _appt(23, 1, 1, f"2026-04-01T19:00:00{z}", f"2026-04-01T19:30:00{z}", "booked"),    # roster.outside (21:00 local)
+        _appt(25, 4, 4, f"2026-04-01T08:00:00{z}", f"2026-04-01T08:30:00{z}", "booked"),    # physio.inactive
+        _appt(26, 4, 4, f"{d}3T08:00:00{z}", f"{d}3T08:30:00{z}"),                           # before: fine
     ]
     pays = [
         _pay(100, 10, 6000, f"{d}3T09:50:00{z}"),
@@ -92,6 +96,7 @@ EXPECTED = {
     "time.canceled_at_not_canceled": 1, "time.canceled_after_start": 1, "time.outcome_in_future": 1,
     "status.invalid": 1, "price.negative": 1, "roster.outside": 1, "payment.negative": 1,
     "payment.not_completed": 1, "payment.too_much": 1, "payment.before_appointment": 1, "payment.duplicate": 1,
+    "physio.inactive": 1, "patient.phone_scientific": 1,
 }
 
 

@@ -5,7 +5,9 @@
   exactly: rows of D that are gone from the drop are deleted;
 - every other row of the drop (future appointments booked or changed on D, the patients and
   physios they reference) is upserted by id;
-- the run is logged in ``etl_runs`` whether it worked or not; a failed run changes nothing else.
+- the run is logged in ``etl_runs`` whether it worked or not: a refresh that worked in the same
+  transaction as its data (a run stopped at any point leaves both or neither), a failed one in a
+  transaction of its own, which changes nothing else.
 Applying the same drop twice leaves the database identical.
 """
 from __future__ import annotations
@@ -24,13 +26,15 @@ import sqlalchemy as sa
 from clinic_lib.core import db
 
 from clinic_lib.ingest import sqlite_ingest
+from clinic_lib.core.clinic_days import is_clinic_day
 from clinic_lib.ingest.call_history import import_call_history, read_call_history
+from clinic_lib.validation.checks import NO_ROWS_FOR_DAY
 from clinic_lib.core.config import get_settings
 from clinic_lib.ingest.drop_format import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from clinic_lib.core.errors import UserError
 from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER, ensure_schema
-from clinic_lib.core.roster import apply_drop_to_database, end_leavers_rosters
 from clinic_lib.core.timeutil import parse_day, utc_now_text
+from clinic_lib.core.roster import apply_drop_to_database, end_leavers_rosters
 
 # Insert order respects foreign keys; deletes go the other way.
 LOAD_ORDER = ("physios", "physio_hours", "patients", "appointments", "payments")
@@ -121,11 +125,19 @@ def bulk_insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
 
 def log_etl_run(engine: sa.Engine, job: str, day, started: str, status: str, rows_read=0,
                 rows_written=0, error: str | None = None) -> None:
+    """One row of etl_runs, in a transaction of its own (a run that changed nothing)."""
     with db.begin_write(engine) as conn:
-        conn.execute(db.etl_runs.insert().values(
-            job=job, day=str(day) if day else None, started_at=started, finished_at=utc_now_text(),
-            status=status, rows_read=rows_read, rows_written=rows_written,
-            error_message=(error or None) and str(error)[:2000]))
+        insert_etl_run(conn, job, day, started, status, rows_read, rows_written, error)
+
+
+def insert_etl_run(conn: sa.Connection, job: str, day, started: str, status: str, rows_read=0,
+                   rows_written=0, error: str | None = None) -> None:
+    """One row of etl_runs in the caller's transaction: with the data it records, so that both
+    are committed or neither."""
+    conn.execute(db.etl_runs.insert().values(
+        job=job, day=str(day) if day else None, started_at=started, finished_at=utc_now_text(),
+        status=status, rows_read=rows_read, rows_written=rows_written,
+        error_message=(error or None) and str(error)[:2000]))
 
 
 def _check_references(conn: sa.Connection, tables: Tables) -> None:
@@ -198,9 +210,15 @@ def _describe_integrity_error(exc: sa.exc.IntegrityError) -> str:
     return f"the database refused the drop: {str(exc.orig).splitlines()[0]}"
 
 
-def _is_roster_day(engine: sa.Engine, day: dt.date) -> bool:
-    from clinic_lib.core.clinic_days import is_clinic_day
-    return is_clinic_day(engine, day)
+def _refuse_a_block_twice(day: dt.date, hours) -> None:
+    """A roster block (physio, weekday, start) twice in one drop: which one holds is unknowable."""
+    if hours is None or not len(hours):
+        return
+    twice = hours.duplicated(["physio_id", "weekday", "start_time"], keep="first").to_numpy()
+    if twice.any():
+        row = hours[twice].iloc[0]
+        raise RefreshError(f"refresh of {day}: physio_hours.csv holds the block of physio {row['physio_id']} on "
+                           f"weekday {row['weekday']} from {row['start_time']} twice; nothing was changed")
 
 
 def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None,
@@ -219,11 +237,9 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
         appts, pays = tables["appointments"], tables["payments"]
         day_text = day.isoformat()
         day_rows = int((appts["local_date"] == day_text).sum() + (pays["paid_date"] == day_text).sum())
-        if day_rows == 0 and not allow_empty and _is_roster_day(engine, day):
+        if day_rows == 0 and not allow_empty and is_clinic_day(engine, day):
             # An empty export of a working day is more often a broken export than a quiet day.
-            raise DropError("appointments.csv", f"the drop holds no appointments or payments for {day_text}, "
-                            "a day on the roster; if the clinic was closed that day, say so "
-                            "(--empty-day / allow_empty=True)")
+            raise DropError("appointments.csv", NO_ROWS_FOR_DAY.format(day=day_text))
         written = deleted = 0
         drop_physios = tables.frames.get("physios")  # as the drop has them: who it marks as gone
         with db.begin_write(engine) as conn:
@@ -241,17 +257,20 @@ def refresh_day(day, engine: sa.Engine | None = None, folder: Path | None = None
                 if table == "physio_hours":
                     # After the physios: a roster in the drop holds for the physios it names from
                     # this day on, and a physio the drop marks inactive has none after it (roster.py).
+                    _refuse_a_block_twice(day, tables.frames.get(table))
                     written += apply_drop_to_database(conn, day, tables.frames.get(table), drop_physios)
                 elif table in tables.frames:
                     written += upsert(conn, table, tables[table])
-    except DropError as exc:
+            # the record of the refresh commits with its data: a run stopped at any point leaves
+            # both or neither
+            insert_etl_run(conn, "refresh", day, started, "ok", rows_read, written)
+    except (DropError, RefreshError) as exc:
         log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, str(exc))
         raise
     except sa.exc.IntegrityError as exc:
         message = _describe_integrity_error(exc)
         log_etl_run(engine, "refresh", day, started, "failed", rows_read, 0, message)
         raise RefreshError(f"refresh of {day}: {message}; nothing was changed") from exc
-    log_etl_run(engine, "refresh", day, started, "ok", rows_read, written)
     return RefreshResult(day, rows_read, written, deleted, time.perf_counter() - t0)
 
 

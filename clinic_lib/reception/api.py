@@ -4,7 +4,9 @@ Routes (see ``openapi_spec()``; ``GET /openapi.json`` serves it):
 
 - ``GET /priorities?day=YYYY-MM-DD`` -> ``{"day", "count", "built_at", "items": [...]}``: D's list
   from the ``priorities`` table joined with patients, physios, appointments and the latest call
-  outcome (``call_status``), in rank order; one SQL query, nothing written.
+  outcome (``call_status``), in rank order; one SQL query, nothing written. Without ``day``: the
+  next clinic day after today in CLINIC_TZ (``calendar.next_clinic_day``, as the CLI), named by
+  the answer's ``day`` and its ``Content-Location`` header.
 - ``POST /appointments/<id>/call-outcome`` ``{"outcome": ..., "note": ...}`` -> 201: one more row
   of the appointment's call history (outcomes are kept, never overwritten).
 - ``GET /health`` (no token): database reachable? and the latest run of ``etl_runs``.
@@ -37,7 +39,8 @@ from werkzeug.exceptions import HTTPException
 from clinic_lib.core import db
 from clinic_lib.core.config import Settings, get_settings
 from clinic_lib.core.errors import CannotRun
-from clinic_lib.core.timeutil import BadDate, parse_day, utc_now_text
+from clinic_lib.core.clinic_days import next_clinic_day
+from clinic_lib.core.timeutil import BadDate, parse_day, today_local, utc_now_text
 
 log = logging.getLogger("clinic.api")
 
@@ -390,13 +393,19 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
             raise ApiError(400, "bad_request", f"unexpected query parameter(s) {shown}; "
                            "expected only day=YYYY-MM-DD")
         raw = request.args.get("day")
-        if raw is None or raw == "":
-            raise ApiError(400, "bad_request", "expected query parameter day=YYYY-MM-DD")
-        try:
-            day = parse_day(raw)
-        except BadDate:
-            raise ApiError(400, "bad_request",
-                           f"expected query parameter day=YYYY-MM-DD (a real date), got {raw[:40]!r}") from None
+        if raw is None:
+            # reception's question is "whom do we call tonight?": the next clinic day after today
+            # (as the CLI's default); the answer's "day" and Content-Location say which day it is
+            day = next_clinic_day(engine, today_local(tz))
+        elif raw == "":
+            raise ApiError(400, "bad_request", "expected query parameter day=YYYY-MM-DD, or none for "
+                                               "the next clinic day")
+        else:
+            try:
+                day = parse_day(raw)
+            except BadDate:
+                raise ApiError(400, "bad_request",
+                               f"expected query parameter day=YYYY-MM-DD (a real date), got {raw[:40]!r}") from None
         # A pooled DBAPI connection and one statement (its own snapshot); nothing is written.
         conn = engine.raw_connection()
         try:
@@ -418,7 +427,8 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
             cursor.close()
         finally:
             _back_to_the_pool(conn, sqlite)
-        return Response(body, status=200, mimetype="application/json")
+        headers = {"Content-Location": f"/priorities?day={day.isoformat()}"} if raw is None else None
+        return Response(body, status=200, mimetype="application/json", headers=headers)
 
     @app.post("/appointments/<appointment_id>/call-outcome")
     def post_call_outcome(appointment_id: str):

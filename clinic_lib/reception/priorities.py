@@ -4,7 +4,8 @@ For every appointment of clinic-local day D that is still ``booked``:
 
 - ``is_new_patient``: the appointment is marked as a first visit, or the patient has no completed
   appointment before D;
-- ``missing_phone``: no phone number, or one with fewer than 6 digits;
+- ``missing_phone``: no phone number reception can dial (``phones.dialable``, the rule validation
+  uses: empty, in scientific notation, or not a possible number in PHONE_REGION);
 - ``missing_consent``: the patient's consent form has not been received;
 - ``risk_score`` / ``risk_bucket``: the model's calibrated risk for D from ``risk_scores``
   (``risk_source = 'model'``). An appointment without a model score (no scoring run for D, or
@@ -46,12 +47,12 @@ from clinic_lib.core import db
 from clinic_lib.core.config import Settings, get_settings
 from clinic_lib.reception.holdout import clinic_secret, held_out
 from clinic_lib.core.migrate import ensure_schema
+from clinic_lib.core.phones import dialable
 from clinic_lib.core.timeutil import parse_day, read_instants, utc_now_text
 
 HEURISTIC = {"base": 0.05, "new_patient": 0.10, "lead": 0.10, "lead_cap_days": 30, "no_show_rate": 0.60}
 EARLY_SLOT_BEFORE = dt.time(10, 0)
 HOLDOUT_REASON = "hold out: do not call; "
-MIN_PHONE_DIGITS = 6
 
 CSV_COLUMNS = ["rank", "day", "appointment_id", "appt_start", "physio_name", "patient_id", "patient_name",
                "phone", "is_new_patient", "missing_phone", "missing_consent", "risk_score", "risk_bucket",
@@ -87,9 +88,9 @@ def heuristic_risk(is_new: pd.Series, lead_days: pd.Series, no_show_rate: pd.Ser
     return risk.clip(0.0, 1.0)
 
 
-def _phone_missing(phone: pd.Series) -> pd.Series:
-    digits = phone.fillna("").astype(str).str.count(r"\d")
-    return (digits < MIN_PHONE_DIGITS).astype(int)
+def _phone_missing(phone: pd.Series, region: str | None = None) -> pd.Series:
+    """1 where reception cannot dial the number (validation's rule: ``phones.dialable``)."""
+    return (~dialable(phone, region)).astype(int)
 
 
 def _reason(row) -> str:
@@ -160,7 +161,7 @@ def compute_priorities(conn: sa.Connection, day: dt.date, settings: Settings) ->
     frame["early_slot"] = (local.dt.hour * 60 + local.dt.minute
                            < EARLY_SLOT_BEFORE.hour * 60 + EARLY_SLOT_BEFORE.minute).astype(int)
     frame["is_new_patient"] = ((frame["is_first_visit"].astype(int) == 1) | (frame["completed"] == 0)).astype(int)
-    frame["missing_phone"] = _phone_missing(frame["phone"])
+    frame["missing_phone"] = _phone_missing(frame["phone"], settings.phone_region)
     frame["missing_consent"] = (frame["consent_form_received"].astype(int) == 0).astype(int)
 
     attended = frame["completed"] + frame["no_shows"]

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 ERROR, WARNING = "error", "warning"
 DROP, DB = "drop", "db"
 
+# The refresh refuses such a drop with these words and the gate reports it with them.
+NO_ROWS_FOR_DAY = ("the drop holds no appointments or payments for {day}, a day on the roster; if the "
+                   "clinic was closed that day, say so (--empty-day, or --closed {day} in a catch-up)")
+
 
 @dataclass(frozen=True)
 class CheckDef:
@@ -40,15 +44,16 @@ _DEFS = [
     ("timestamp.unparsable", ERROR, (DROP,), "a timestamp that is not ISO 8601"),
     ("timestamp.format", ERROR, (DB,), "SQLite only: a stored instant that is not UTC text YYYY-MM-DDTHH:MM:SS+00:00 (written by another tool); comparisons on it are wrong"),
     ("drop.other_day", ERROR, (DROP,), "a row of another day: an appointment whose local date is before D and that was neither booked nor canceled on D, or a payment not paid on D"),
-    ("drop.no_rows_for_day", WARNING, (DROP,), "the drop holds no appointment or payment of D (refresh refuses it unless --empty-day says the clinic was closed)"),
+    ("drop.no_rows_for_day", ERROR, (DROP,), NO_ROWS_FOR_DAY.format(day="D")),
     ("status.invalid", ERROR, (DROP, DB), "an appointment status other than booked, completed, canceled, no_show"),
     ("flag.invalid", ERROR, (DROP, DB), "a 0/1 flag (consent_form_received, reminder_consent, is_first_visit, active) with another value"),
-    ("id.duplicate_in_drop", ERROR, (DROP,), "the same id twice in one file of the drop (the second row is named)"),
+    ("id.duplicate_in_drop", ERROR, (DROP,), "the same id twice in one file of the drop (the second row is named; in physio_hours.csv the same physio, weekday and start_time)"),
     ("id.duplicate", ERROR, (DB,), "the same id twice in a table (only possible in a database loaded without primary keys)"),
     ("id.conflict_with_db", ERROR, (DROP,), "an id the database already uses for something else: an appointment id of another patient, a payment id of another appointment"),
     ("orphan.patient", ERROR, (DROP, DB), "an appointment whose patient is in neither the drop nor the database"),
     ("orphan.physio", ERROR, (DROP, DB), "an appointment (or roster row) whose physio is in neither the drop nor the database"),
     ("orphan.appointment", ERROR, (DROP, DB), "a payment whose appointment is unknown, or that would lose its appointment because the drop removes it"),
+    ("physio.inactive", ERROR, (DROP, DB), "a booked appointment with a physio who has left (active 0): after D in a drop (the drop's physios.csv says who is active, else the database; D's own appointments, their last day, pass), from today on in the database; reminders and the callback list would name them: reassign or cancel it"),
     ("overlap.physio", ERROR, (DROP, DB), "one physio with two non-canceled appointments at the same time"),
     ("overlap.patient", ERROR, (DROP, DB), "one patient in two non-canceled appointments at the same time"),
     ("time.end_before_start", ERROR, (DROP, DB), "appt_end is not after appt_start (roster: end_time not after start_time)"),
@@ -63,7 +68,8 @@ _DEFS = [
     ("payment.too_much", WARNING, (DROP, DB), "payments of one appointment add up to more than PAYMENT_MAX_FACTOR (default 3) times its price_estimate"),
     ("payment.before_appointment", ERROR, (DROP, DB), "paid_at is before the appointment's start (a payment booked to the wrong visit)"),
     ("payment.duplicate", ERROR, (DROP, DB), "two payments with the same appointment, amount and paid_at (counted twice)"),
-    ("patient.phone_invalid", WARNING, (DROP, DB), "a phone number that cannot be dialled: it does not normalise to a possible E.164 number (default region PHONE_REGION, DE)"),
+    ("patient.phone_scientific", ERROR, (DROP, DB), "a phone number in scientific notation (4.91762E+11: a spreadsheet stored it as a number): its digits are lost and cannot be recovered; export the column as text"),
+    ("patient.phone_invalid", WARNING, (DROP, DB), "a phone number that cannot be dialled: it does not normalise to a possible E.164 number (default region PHONE_REGION, DE); the callback list marks it as no phone"),
     ("patient.email_invalid", WARNING, (DROP, DB), "an email address that is not of the form name@domain.tld"),
 ]
 

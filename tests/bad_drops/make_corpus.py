@@ -124,6 +124,8 @@ def bad_drops():
         pay(1, "payment_id", "500")
     yield "orphan_patient", "orphan.patient", "appointments.csv", 4, "patient 99", appt(2, "patient_id", "99")
     yield "orphan_physio", "orphan.physio", "appointments.csv", 4, "physio 9", appt(2, "physio_id", "9")
+    yield "physio_inactive", "physio.inactive", "appointments.csv", 6, "Jonas Keller (physio 2) has left, 204 is booked with him", \
+        lambda t: t["physios"].__setitem__(1, "2,Jonas Keller,0")
     yield "orphan_appointment", "orphan.appointment", "payments.csv", 3, "appointment 999", pay(1, "appointment_id", "999")
     yield "overlap_physio", "overlap.physio", "appointments.csv", 2, "201 moved to 09:30 with the same physio as 200", \
         lambda t: (appt(1, "appt_start", "2026-03-30T09:30:00+02:00")(t), appt(1, "appt_end", "2026-03-30T10:00:00+02:00")(t))
@@ -150,6 +152,8 @@ def bad_drops():
         pay(0, "paid_at", "2026-03-30T08:30:00+02:00")
     yield "payment_duplicate", "payment.duplicate", "payments.csv", 4, "payment 602 repeats 600", \
         lambda t: t["payments"].append(_set(t["payments"][0], P["payment_id"], "602"))
+    yield "phone_scientific", "patient.phone_scientific", "patients.csv", 5, "phone 4.91702E+11 (a spreadsheet's)", \
+        pat(3, "phone", "4.91702E+11")
     yield "phone_invalid", "patient.phone_invalid", "patients.csv", 5, "phone 12", pat(3, "phone", "12")
     yield "email_invalid", "patient.email_invalid", "patients.csv", 5, "email eva@@example", pat(3, "email", "eva@@example")
 
