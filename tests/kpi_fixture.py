@@ -132,3 +132,30 @@ def load(engine: sa.Engine) -> None:
             f"VALUES ({', '.join([mark] * 6)})",
             [("2026-03-29", 106, 0.4, "high", "m1", "2026-03-29T05:00:00+00:00"),
              ("2026-03-30", 106, 0.05, "low", "m1", "2026-03-30T05:00:00+00:00")])
+
+
+# The model in practice: scores for the clinic's days (outcomes in the docstring above). Day 03-29: 101, 102,
+# 202 attended; 103 canceled 23.5 h before (late: failed); 104 no-show (failed); 204 still booked
+# (no outcome). Day 03-30: 106 (the fixture's own score, 0.05) and 107 attended; 105 canceled 72 h
+# before (early: no outcome).
+MODEL_SCORES = [("2026-03-29", 101, 0.10), ("2026-03-29", 102, 0.20), ("2026-03-29", 103, 0.60),
+                ("2026-03-29", 104, 0.30), ("2026-03-29", 202, 0.40), ("2026-03-29", 204, 0.50),
+                ("2026-03-30", 105, 0.70), ("2026-03-30", 107, 0.20)]
+MODEL_METRICS = {"model_version": "m1", "trained_at": "2026-04-20T18:00:00+00:00",
+                 "retrain_reason": "the calibration gap 0.071 is above 0.05",
+                 "holdout": {"booked_before_evening": {"roc_auc": 0.71, "base_rate": 0.2, "n": 900}}}
+
+
+def add_model_history(engine, outputs_dir, metrics=MODEL_METRICS):
+    """Scores of two weeks, the chain's monitoring rows for them, and the model's metrics.json."""
+    import json
+
+    from clinic_lib.modeling import monitoring
+    with db.begin_write(engine) as conn:
+        conn.execute(db.risk_scores.insert(), [
+            {"day": d, "appointment_id": a, "risk": r, "risk_bucket": "high" if r >= 0.25 else "low",
+             "model_version": "m1", "scored_at": f"{d}T05:00:00+00:00"} for d, a, r in MODEL_SCORES])
+    update = monitoring.update_monitoring("2026-03-31", engine)
+    assert update.recomputed == ["2026-03-29", "2026-03-30"]
+    (outputs_dir / "model").mkdir(parents=True, exist_ok=True)
+    (outputs_dir / "model" / "metrics.json").write_text(json.dumps(metrics))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import pandas as pd
 import pytest
 
 import kpi_fixture as fx
@@ -146,3 +147,66 @@ def test_visitor_gate_counts_requests_on_their_way_to_a_kernel():
         gate.kernels.add(kernel_id)
     km.kernels["preheated"] = SimpleNamespace(last_activity=now - dt.timedelta(days=2))  # never a visitor's
     assert sorted(gate.to_end(km, now)) == ["closed", "idle"]
+
+
+# --- the model in practice ---------------------------------------------------------------------
+
+def test_model_in_practice_per_week(engine, tmp_path, monkeypatch):
+    import pytest as _pytest
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    fx.load(engine)
+    fx.add_model_history(engine, tmp_path / "outputs")
+    view = dashboard.model_in_practice(engine, dt.date(2026, 4, 30))
+    weekly = view.weekly
+    assert [str(w) for w in weekly["week"]] == ["2026-03-23", "2026-03-30"]
+    # week of 03-23: 101, 102, 202 attended (0.10, 0.20, 0.40), 103 and 104 failed (0.60, 0.30):
+    # 5 of the 6 (failed, attended) pairs ranked right
+    first, second = weekly.iloc[0], weekly.iloc[1]
+    assert (first["n_outcome"], first["n_failed"]) == (5, 2)
+    assert first["roc_auc"] == _pytest.approx(5 / 6)
+    assert first["observed_rate"] == _pytest.approx(0.4) and first["mean_risk"] == _pytest.approx(0.32)
+    # week of 03-30: 106 (0.05) and 107 (0.20) attended, nothing failed: no AUC
+    assert (second["n_outcome"], second["n_failed"]) == (2, 0) and pd.isna(second["roc_auc"])
+    assert second["mean_risk"] == _pytest.approx(0.125)
+    assert view.holdout_auc == 0.71
+    assert view.retrain.startswith("Last retrain: 2026-04-20 (")
+    assert view.retrain.endswith("model m1; why: the calibration gap 0.071 is above 0.05.")
+    text = dashboard.model_html(view)
+    assert "ROC AUC 0.71 (the dashed line)" in text and "(7 in 2 weeks)" in text
+    # the four weeks up to 04-30 (04-03 .. 04-30) hold no scored day with outcomes
+    assert "The last four weeks (2026-04-03 to 2026-04-30) pooled: no scored appointment with a known" in text
+    # up to 04-05 (03-09 .. 04-05) both weeks pool: failed 0.60 and 0.30 against attended 0.10, 0.20,
+    # 0.40, 0.05, 0.20: 9 of 10 pairs; 2 of 7 failed (28.6 %) against a mean risk of 1.85 / 7 (26.4 %)
+    pooled = dashboard.model_html(dashboard.model_in_practice(engine, dt.date(2026, 4, 5)))
+    assert ("The last four weeks (2026-03-09 to 2026-04-05) pooled: ROC AUC 0.90 against the holdout "
+            "estimate 0.71; failure rate observed 28.6 % against 26.4 % predicted (7 appointments with an "
+            "outcome).") in pooled
+
+    # a model without a recorded reason: the trained date only
+    without = {k: v for k, v in fx.MODEL_METRICS.items() if k != "retrain_reason"}
+    import json
+    (tmp_path / "outputs" / "model" / "metrics.json").write_text(json.dumps(without))
+    line = dashboard.model_in_practice(engine, dt.date(2026, 4, 30)).retrain
+    assert line.startswith("Last retrain: 2026-04-20 (") and line.endswith("model m1.") and "why" not in line
+    # before any scores had outcomes: says so, no charts
+    empty = dashboard.model_in_practice(engine, dt.date(2026, 2, 28))
+    assert empty.weekly.empty and "has a known outcome yet" in dashboard.model_html(empty)
+
+
+def test_the_preheated_kernel_brings_the_model_section(engine, db_url, tmp_path, monkeypatch):
+    """prepare() computes the section as of today; build() shows it with the first render when the
+    data did not change (otherwise a thread fills it after the first render)."""
+    from clinic_lib.core.timeutil import today_local
+    from clinic_lib.core.config import get_settings
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    fx.load(engine)
+    fx.add_model_history(engine, tmp_path / "outputs")
+    warm = dashboard.prepare()
+    assert warm.model is not None and warm.model.as_of == today_local(get_settings().clinic_tz)
+    page = dashboard.build(day="2026-03-29", query_string="", warm=warm)
+    box = next(c for c in page.children if "model-in-practice" in c._dom_classes)
+    assert "Model in practice" in box.children[0].value and "Last retrain: 2026-04-20" in box.children[0].value

@@ -130,7 +130,7 @@ def card_value(key: str, summary: kpis.Summary) -> str:
 
 def _value_class(text: str) -> str:
     """Long values (an outstanding total in the hundred thousands) get a smaller font to fit."""
-    return "kpi-value" + (" longer" if len(text) > 13 else " long" if len(text) > 9 else "")
+    return "kpi-value" + (" longer" if len(text) > 12 else " long" if len(text) > 9 else "")
 
 
 # One line under a card's value that says what it counts (kpis.py has the formulas).
@@ -486,6 +486,110 @@ def physios_in_period(frames: kpis.Frames, roster, start: dt.date, end: dt.date)
     return {int(p) for p in roster["physio_id"]} | {int(p) for p in booked["physio_id"]}
 
 
+# --- the model in practice ----------------------------------------------------------------------
+
+MODEL_WEEKS = 12  # the weeks the "Model in practice" section shows, up to the as-of day's
+
+
+@dataclass
+class ModelView:
+    """The "Model in practice" section's figures as of ``as_of``: per week, the scored appointments
+    with an outcome pooled (``monitoring.weekly_figures``); the last four weeks pooled
+    (``monitoring.rolling_figures``, what the retrain rule reads); the holdout estimate of
+    metrics.json and the line about the last retrain."""
+    as_of: dt.date
+    weekly: object  # pandas frame: week, n_outcome, n_failed, mean_risk, observed_rate, roc_auc, model_versions
+    holdout_auc: float | None
+    retrain: str
+    rolling: object = None  # monitoring.RollingFigures
+
+
+def _metrics_json(settings) -> dict:
+    import json
+    try:
+        metrics = json.loads((Path(settings.model_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def retrain_line(engine, settings, today: dt.date) -> str:
+    """When the model in use was last trained, and why when the train step recorded it
+    (metrics.json: trained_at, retrain_reason; else the latest model_runs row). Plain text."""
+    import pandas as pd
+
+    from clinic_lib.core.timeutil import read_instants
+    metrics = _metrics_json(settings)
+    trained = metrics.get("trained_at")
+    if not trained:
+        try:
+            with engine.connect() as conn:
+                trained = conn.execute(sa.select(db.model_runs.c.trained_at)
+                                       .order_by(db.model_runs.c.run_id.desc()).limit(1)).scalar()
+        except Exception:
+            trained = None
+    if not trained:
+        return "No model has been trained yet: the chain scores with the heuristic until one is."
+    try:
+        day = read_instants(pd.Series([trained])).iloc[0].tz_convert(settings.clinic_tz).date()
+        when = f"{day} ({_age((today - day).days) or 'in the future'})"
+    except Exception:
+        when = str(trained)[:10]
+    reason = metrics.get("retrain_reason")
+    version = metrics.get("model_version")
+    text = f"Last retrain: {when}" + (f", model {version}" if version else "")
+    return text + (f"; why: {reason}." if reason else ".")
+
+
+def model_in_practice(engine, as_of: dt.date, settings=None) -> ModelView:
+    """The section's figures: the MODEL_WEEKS weeks (Monday to Sunday) up to the week of ``as_of``."""
+    from clinic_lib.modeling import monitoring
+    settings = settings or get_settings()
+    first = as_of - dt.timedelta(days=as_of.weekday()) - dt.timedelta(weeks=MODEL_WEEKS - 1)
+    weekly = monitoring.weekly_figures(first, as_of, engine, settings)
+    holdout = monitoring.holdout_estimate(settings)
+    rolling = monitoring.rolling_figures(as_of, engine, settings, holdout=holdout or {})
+    auc = holdout.get("roc_auc") if holdout else None
+    return ModelView(as_of, weekly, None if auc is None else float(auc),
+                     retrain_line(engine, settings, today_local(settings.clinic_tz)), rolling)
+
+
+def _rolling_text(view: ModelView) -> str:
+    r = view.rolling
+    if r is None:
+        return ""
+    span = f"The last four weeks ({r.start} to {r.end}) pooled"
+    if not r.n_outcome:
+        return f"{span}: no scored appointment with a known outcome."
+    auc = "no ROC AUC (one kind of outcome only)" if r.roc_auc is None else f"ROC AUC {r.roc_auc:.2f}"
+    if r.roc_auc is not None and view.holdout_auc is not None:
+        auc += f" against the holdout estimate {view.holdout_auc:.2f}"
+    return (f"{span}: {auc}; failure rate observed {r.observed_rate * 100:.1f} % against "
+            f"{r.mean_risk * 100:.1f} % predicted ({r.n_outcome:,} appointments with an outcome).")
+
+
+def model_html(view: ModelView) -> str:
+    """The section's text: what the charts show, the holdout estimate and the last retrain."""
+    weeks = len(view.weekly)
+    if weeks:
+        n = int(view.weekly["n_outcome"].sum())
+        what = (f"The appointments the model scored in the {MODEL_WEEKS} weeks up to {view.as_of} whose "
+                f"outcome is known ({n:,} in {weeks} week{'s' if weeks != 1 else ''}), pooled per week: "
+                "how well the risk ranked them (ROC AUC: 0.5 is a coin, 1 is perfect; a week with only "
+                "one kind of outcome has none) and the share that failed against the risk predicted.")
+    else:
+        what = (f"No appointment the model scored in the {MODEL_WEEKS} weeks up to {view.as_of} has a "
+                "known outcome yet: the figures appear once the chain has scored days and their drops "
+                "have come.")
+    estimate = (f"Estimate on the model's holdout days: ROC AUC {view.holdout_auc:.2f} (the dashed line)."
+                if view.holdout_auc is not None else "No holdout estimate (outputs/model/metrics.json).")
+    rolling = _rolling_text(view)
+    return (f'<h3>Model in practice</h3><div class="model-text">{html.escape(what)} '
+            f'{html.escape(estimate)}'
+            + (f'<br><span class="model-rolling">{html.escape(rolling)}</span>' if rolling else "")
+            + f'<br><span class="model-retrain">{html.escape(view.retrain)}</span></div>')
+
+
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 # No plotly logo, and no "Share chart..." button: the jupyterlab-plotly renderer adds one that
 # uploads the chart's data to Chart Studio (plotly's cloud); nothing leaves the clinic's machine.
@@ -537,6 +641,17 @@ class Dashboard:
         for name, out in self.charts.items():
             out.add_class(f"chart-{name}")
         self.freshness = w.HTML()
+        # the model in practice: text and two charts, filled once per page (they do not depend on
+        # the filters), in the background when the preheated kernel has not computed them
+        self.model_text = w.HTML(f'<h3>Model in practice</h3><div class="model-text">Loading…</div>')
+        self.model_charts = {name: w.Output(layout=w.Layout(min_height="300px", border="1px solid #eee"))
+                             for name in ("model_auc", "model_rates")}
+        for name, out in self.model_charts.items():
+            out.add_class(f"chart-{name}")
+        model_grid = w.GridBox(list(self.model_charts.values()), layout=w.Layout(grid_gap="10px"))
+        model_grid.add_class("chart-grid")
+        self.model_box = w.VBox([self.model_text, model_grid])
+        self.model_box.add_class("model-in-practice")
         header = w.HTML(f'{CSS}<div class="clinic-dash"><h2>{html.escape(self.settings.clinic_name)}</h2>'
                         f'<div class="dash-sub">KPIs as of {as_of} · data from {state.first_day} to '
                         f'{state.last_day}</div></div>')
@@ -545,7 +660,8 @@ class Dashboard:
         grid.add_class("chart-grid")
         self.root = w.VBox([header, w.HBox([self.mode, self.start, self.end, self.physio],
                                            layout=w.Layout(flex_flow="row wrap")),
-                            self.status, self.note, self.coverage, self.cards, grid, self.freshness])
+                            self.status, self.note, self.coverage, self.cards, grid, self.model_box,
+                            self.freshness])
         self.root.add_class("clinic-dash")
         self.mode.observe(self._on_mode, "value")
         for widget in (self.start, self.end, self.physio):
@@ -666,6 +782,38 @@ class Dashboard:
                     pass  # fetched ahead only to save time: the refresh queries what it needs
         return self._frames
 
+    def show_model(self, view: ModelView):
+        """Fill the "Model in practice" section. Safe from another thread: it sets widget state
+        only (an Output's ``outputs``, not a ``with out:`` block, which captures per thread)."""
+        self.model_text.value = model_html(view)
+        from clinic_lib.dashboard import plots
+        figures = {}
+        if len(view.weekly):
+            figures = {"model_auc": lambda: plots.model_auc(view.weekly, view.holdout_auc),
+                       "model_rates": lambda: plots.model_rates(view.weekly)}
+        for name, out in self.model_charts.items():
+            out.layout.display = None if name in figures else "none"
+            if name not in figures:
+                continue
+            try:
+                bundle = plotly_bundle(figures[name]().to_json())
+                out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+            except Exception as exc:
+                out.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {"text/html": _friendly(f"The chart '{name}'", exc)}},)
+
+    def fetch_model(self):
+        """Compute the model section in a thread after the first render (a 20x clinic's twelve
+        weeks of scores take about a second) and fill it when done."""
+        import threading
+
+        def work():
+            try:
+                self.show_model(model_in_practice(self.state.engine, self.as_of, self.settings))
+            except Exception as exc:
+                self.model_text.value = '<h3>Model in practice</h3>' + _friendly("The model's figures", exc)
+        threading.Thread(target=work, daemon=True, name="model-in-practice").start()
+
     def show_freshness(self):
         try:
             self.freshness.value = freshness_html(kpis.freshness(self.state.engine, self.settings), self.settings)
@@ -680,6 +828,7 @@ class Warm:
     fingerprint: tuple
     outstanding_by_physio: object
     frames: kpis.Frames | None = None  # the default selection's window (no URL parameters)
+    model: ModelView | None = None  # the "Model in practice" section as of today
 
 
 def data_fingerprint(engine) -> tuple:
@@ -710,7 +859,12 @@ def prepare() -> Warm | None:
         start, end, *_ = initial_selection({}, state, as_of)
         (w_start, w_end), (a_start, a_end) = window(start, end), likely_window(as_of)
         frames = kpis.frames(state.engine, min(w_start, a_start), max(w_end, a_end), as_of)
-        return Warm(as_of, fingerprint, kpis.outstanding(state.engine, as_of, by_physio=True), frames)
+        try:
+            model = model_in_practice(state.engine, as_of, settings)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            model = None  # the page computes it itself
+        return Warm(as_of, fingerprint, kpis.outstanding(state.engine, as_of, by_physio=True), frames, model)
     except Exception:
         traceback.print_exc(file=sys.stderr)
         return None
@@ -787,14 +941,19 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
         today = today_local(settings.clinic_tz)
         start, end, physio, as_of, note = initial_selection(query_params(query_string), state, today, day)
         app = Dashboard(state, start, end, physio, as_of, note, settings)
+        model = None
         if warm is not None and warm.as_of == as_of:
             try:
                 if data_fingerprint(state.engine) == warm.fingerprint:
-                    app._outstanding, app._frames = warm.outstanding_by_physio, warm.frames
+                    app._outstanding, app._frames, model = warm.outstanding_by_physio, warm.frames, warm.model
             except Exception:
                 pass
         app.refresh()
         app.show_freshness()
+        if model is not None:
+            app.show_model(model)
+        else:
+            app.fetch_model()
         app.fetch_ahead()
         return app.root
     except Exception as exc:

@@ -21,11 +21,11 @@ pio.templates["clinic"] = go.layout.Template(layout=pio.templates["plotly_white"
 
 
 def _layout(fig: go.Figure, title: str, yaxis: str | None = None, percent: bool = False) -> go.Figure:
-    # The legend sits on its own line under the title, both from the left edge: on a phone's
-    # narrow chart a legend beside the title would cover it.
+    # The legend sits under the title, both from the left edge: on a phone's narrow chart a legend
+    # beside the title would cover it. The top margin holds the title and two rows of legend.
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1 - 8 / HEIGHT, yanchor="top",
                                  font=dict(size=15)),
-                      height=HEIGHT, margin=dict(l=50, r=10, t=70, b=40), template="clinic",
+                      height=HEIGHT, margin=dict(l=50, r=10, t=84, b=40), template="clinic",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
                       yaxis_title=yaxis, hovermode="x unified")
     if percent:
@@ -131,6 +131,40 @@ def risk(buckets: pd.DataFrame, day) -> go.Figure:
     fig = _layout(fig, f"Appointments on {day} by risk", "appointments")
     fig.update_layout(hovermode="closest", showlegend=False)
     fig.update_yaxes(rangemode="tozero", range=None if b["appointments"].sum() else [0, 1])
+    return fig
+
+
+def _weeks(weekly: pd.DataFrame) -> list[str]:
+    return [str(w) for w in weekly["week"]]
+
+
+def model_auc(weekly: pd.DataFrame, holdout_auc: float | None) -> go.Figure:
+    """The model's realised ROC AUC per week (its scored appointments with an outcome, pooled),
+    with the estimate on the model's holdout days as a dashed reference line. 0.5 is a coin."""
+    fig = go.Figure([go.Scatter(x=_weeks(weekly), y=_vals(weekly["roc_auc"]), name="realised ROC AUC",
+                                mode="lines+markers", connectgaps=False, line=dict(color=COLORS["booked"]))])
+    if holdout_auc is not None:
+        fig.add_hline(y=float(holdout_auc), line=dict(dash="dash", color="#777", width=1.5),
+                      annotation=dict(text=f"holdout estimate {float(holdout_auc):.2f}", font=dict(size=11)),
+                      annotation_position="bottom right")
+    fig = _layout(fig, "Realised ROC AUC per week", None)
+    fig.update_yaxes(range=[0.3, 1.0])
+    fig.update_xaxes(type="date", tickformat="%d %b", title_text="week from")
+    return fig
+
+
+def model_rates(weekly: pd.DataFrame) -> go.Figure:
+    """Per week: the share of the model's scored appointments that failed (no-show or late
+    cancellation) against the mean risk it predicted for them."""
+    x = _weeks(weekly)
+    fig = go.Figure([
+        go.Scatter(x=x, y=_vals(weekly["observed_rate"]), name="observed failure rate", mode="lines+markers",
+                   line=dict(color=COLORS["cancellations"])),
+        go.Scatter(x=x, y=_vals(weekly["mean_risk"]), name="mean predicted risk", mode="lines+markers",
+                   line=dict(color=COLORS["booked"], dash="dot")),
+    ])
+    fig = _layout(fig, "Observed vs predicted failure rate", None, percent=True)
+    fig.update_xaxes(type="date", tickformat="%d %b", title_text="week from")
     return fig
 
 

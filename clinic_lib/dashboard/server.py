@@ -15,11 +15,11 @@ Voila itself, with these changes made before it starts (docs/dashboard.md tells 
   visitor would get "Cell execution timed out" instead of the dashboard. The cells after it (the
   page's own work) keep the timeout.
 - **The page's request reaches its kernel.** Voila hands a preheated kernel its page's URL over a
-  websocket (``RequestInfoSocketHandler``) that the kernel opens and re-opens while it waits. A
-  request info written to a socket that was just closing was lost (the page then waited out the
-  cell timeout), and closing one socket could unregister another kernel's. Here the request info
-  is also kept until the kernel ends, so the kernel's next open receives it, and a closing socket
-  unregisters only itself.
+  websocket (``RequestInfoSocketHandler``) that the kernel opens and re-opens while it waits.
+  Voila loses a request info written to a socket that is just closing (the page then waits out
+  the cell timeout), and closing one socket can unregister another kernel's. Here the request
+  info is also kept until the kernel ends, so the kernel's next open receives it, and a closing
+  socket unregisters only itself.
 - **Visitors' kernels are bounded** (``VisitorGate``): at most ``CLINIC_DASHBOARD_MAX_VISITORS``
   at once, beyond that a polite "busy, retry in a minute" page (HTTP 503 with Retry-After, and it
   retries by itself); a kernel whose page is gone (no browser connection for
@@ -258,8 +258,8 @@ def install_visitor_gate(gate: VisitorGate) -> None:
             self.finish(busy_page(gate))
             return
         # The page's "shut my kernel down" beacon (sent when the tab closes) carries the _xsrf
-        # cookie, which Voila's page never set: the server refused every beacon (403) and each
-        # visit's kernel stayed until culled. Reading xsrf_token sets the cookie with this response.
+        # cookie, which Voila itself never sets: without it the server refuses every beacon (403)
+        # and each visit's kernel stays until ended otherwise. Reading xsrf_token sets the cookie.
         self.xsrf_token
         try:
             return await original_get(self, path)
