@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from clinic_lib.core import db, phones
 from clinic_lib.core.config import get_settings
-from clinic_lib.ingest.drop_format import ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
+from clinic_lib.ingest.drop_format import TIME_OF_DAY, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
 from clinic_lib.validation.checks import CATALOGUE
 from clinic_lib.validation.report import MAX_EXAMPLES, Report
 
@@ -20,7 +20,7 @@ STATUSES = db.APPOINTMENT_STATUSES
 ACTIVE = ("booked", "completed", "no_show")  # statuses that occupy a slot
 
 
-_TIME = r"(?:[01]\d|2[0-3]):[0-5]\d"
+_TIME = TIME_OF_DAY  # the drop format's (ingest/drop_format.py), for fullmatch
 
 
 _EMAIL = r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(?:\.[^@\s,;<>\".]+)*\.[^@\s,;<>\".\d]{2,}"
