@@ -40,8 +40,8 @@ def _db_contacts(conn, out: Report) -> None:
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    ids, phones, emails = (list(c) for c in zip(*rows)) if rows else ([], [], [])
-    p = pd.DataFrame({"patient_id": ids, "phone": phones, "email": emails}, dtype=object)
+    ids, phone_values, emails = (list(c) for c in zip(*rows)) if rows else ([], [], [])
+    p = pd.DataFrame({"patient_id": ids, "phone": phone_values, "email": emails}, dtype=object)
     for check_id, column, ok in (("patient.phone_scientific", "phone", phone_not_scientific),
                                  ("patient.phone_invalid", "phone", phone_ok),
                                  ("patient.email_invalid", "email", email_ok)):
