@@ -12,6 +12,7 @@ import pytest
 import kpi_fixture as fx
 from clinic_lib.dashboard import page as dashboard
 from clinic_lib.dashboard import kpis
+from clinic_lib.dashboard import freshness
 from clinic_lib.ingest.refresh import log_etl_run
 from clinic_lib.dashboard.view import card_value, cards_html
 
@@ -81,7 +82,7 @@ def test_freshness_shows_the_last_refresh_not_the_jobs_after_it(engine, monkeypa
     log_etl_run(engine, "refresh", "2026-03-29", "2026-03-29T19:00:00+00:00", "ok", 10, 10)
     log_etl_run(engine, "priorities", "2026-03-30", "2026-03-29T19:05:00+00:00", "ok", 4, 4)
     log_etl_run(engine, "reminders", "2026-03-30", "2026-03-29T19:06:00+00:00", "failed", 0, 0, "SMTP down")
-    fresh = kpis.freshness(engine)
+    fresh = freshness.freshness(engine)
     assert (fresh["etl"]["job"], str(fresh["etl"]["day"])) == ("refresh", "2026-03-29")
     box = dashboard.freshness_html(fresh).split("<b>Data refresh</b>")[1].split("</div>")[0]
     assert "refresh 2026-03-29: ok" in box and "reminders" not in box and "SMTP" not in box

@@ -11,6 +11,8 @@ import pytest
 import kpi_fixture as fx
 from clinic_lib.core import db
 from clinic_lib.dashboard import kpis
+from clinic_lib.dashboard import freshness
+from clinic_lib.dashboard import kpi_frames
 from clinic_lib.core.migrate import migrate
 from clinic_lib.dashboard.view import CARDS, card_value, format_value
 
@@ -174,12 +176,30 @@ def test_empty_database(engine, monkeypatch):
     s = kpis.summary(engine, S, E, as_of=AS_OF)
     assert (s.bookings, s.show_rate, s.booked_utilization, s.rebooking_rate) == (0, None, None, None)
     assert kpis.utilization(engine, S, E).empty
-    assert kpis.freshness(engine)["etl"] is None
+    assert freshness.freshness(engine)["etl"] is None
 
 
 def test_bad_range_is_refused(engine):
     with pytest.raises(ValueError, match="before it starts"):
         kpis.daily(engine, "2026-03-30", "2026-03-28")
+
+
+def explain_range_queries(bind, start, end=None, physio_id=None, as_of=None) -> dict[str, str]:
+    """EXPLAIN (QUERY PLAN on SQLite) of the KPIs' range queries: {query name: plan text}."""
+    import sqlalchemy as sa
+    from clinic_lib.core.config import get_settings
+    from clinic_lib.dashboard.kpis import _connect, _daily_sql, _rebooking_sql, scope
+    s = scope(start, end, physio_id, as_of)
+    late_secs = int(round(get_settings().late_cancel_hours * 3600))
+    plans = {}
+    with _connect(bind) as conn:
+        queries = {"daily": (_daily_sql(conn, s), s.params(late_secs=late_secs)),
+                   "rebooking": (_rebooking_sql(conn, s), s.params())}
+        for name, (sql, params) in queries.items():
+            prefix = "EXPLAIN QUERY PLAN " if db.is_sqlite(conn) else "EXPLAIN "
+            rows = conn.execute(sa.text(prefix + sql), params).all()
+            plans[name] = "\n".join(str(r[-1]) for r in rows)
+    return plans
 
 
 def test_range_queries_use_the_local_date_index(sqlite_url, monkeypatch):
@@ -189,7 +209,7 @@ def test_range_queries_use_the_local_date_index(sqlite_url, monkeypatch):
     fx.load(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
-    plans = kpis.explain(engine, S, E, as_of=AS_OF)
+    plans = explain_range_queries(engine, S, E, as_of=AS_OF)
     for name in ("daily", "rebooking"):
         plan = plans[name]
         assert "ix_appointments_local_date" in plan, plan
@@ -335,27 +355,27 @@ def test_dashboard_missing_database_message(tmp_path, monkeypatch):
 def test_summary_from_window_sums_equals_summary(clinic):
     # One window of per-(day, physio) sums gives the same KPIs as the direct queries for every
     # sub-range and physio (what a dashboard filter change relies on).
-    fr = kpis.frames(clinic, "2026-03-20", "2026-04-12", AS_OF)
+    fr = kpi_frames.frames(clinic, "2026-03-20", "2026-04-12", AS_OF)
     for start, end in [(S, E), ("2026-03-29", "2026-03-29"), ("2026-03-20", "2026-04-12"), ("2026-03-31", "2026-03-31")]:
         roster = kpis.roster_minutes(clinic, start, end)
         for physio in (None, 1, 2):
-            assert kpis.summary_from(fr, roster, start, end, physio) == kpis.summary(
+            assert kpi_frames.summary_from(fr, roster, start, end, physio) == kpis.summary(
                 clinic, start, end, physio, AS_OF, with_outstanding=False), (start, end, physio)
             direct = kpis.utilization(clinic, start, end, physio, AS_OF)
-            from_fr = kpis.utilization_from(fr, roster, start, end, physio)
+            from_fr = kpi_frames.utilization_from(fr, roster, start, end, physio)
             assert direct.drop(columns="full_name").fillna(0).values.tolist() == \
                 from_fr.drop(columns="full_name").fillna(0).values.tolist()
-        assert kpis.daily_from(fr, start, end).equals(kpis.daily(clinic, start, end, as_of=AS_OF))
+        assert kpi_frames.daily_from(fr, start, end).equals(kpis.daily(clinic, start, end, as_of=AS_OF))
 
 
 def test_frames_grown_by_the_missing_days_equal_one_window(clinic):
     # A dashboard range change queries only the days its cached window lacks; the joined window
     # must hold exactly what one query over the whole window gives.
     import pandas as pd
-    whole = kpis.frames(clinic, "2026-03-20", "2026-04-12", AS_OF)
-    part = kpis.frames(clinic, "2026-03-29", "2026-03-30", AS_OF)
-    assert kpis.frames_covering(clinic, part, "2026-03-30", "2026-03-30", AS_OF) is part
-    grown = kpis.frames_covering(clinic, part, "2026-03-20", "2026-04-12", AS_OF)
+    whole = kpi_frames.frames(clinic, "2026-03-20", "2026-04-12", AS_OF)
+    part = kpi_frames.frames(clinic, "2026-03-29", "2026-03-30", AS_OF)
+    assert kpi_frames.frames_covering(clinic, part, "2026-03-30", "2026-03-30", AS_OF) is part
+    grown = kpi_frames.frames_covering(clinic, part, "2026-03-20", "2026-04-12", AS_OF)
     assert (grown.start, grown.end) == (whole.start, whole.end)
     assert len(part.daily) < len(whole.daily)  # the fixture has days on both sides of the part
     for name in ("daily", "new", "rebook"):
@@ -363,13 +383,13 @@ def test_frames_grown_by_the_missing_days_equal_one_window(clinic):
             return getattr(fr, name).sort_values(["local_date", "physio_id"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(rows(grown), rows(whole), check_dtype=False)
     roster = kpis.roster_minutes(clinic, S, E)
-    assert kpis.summary_from(grown, roster, S, E) == kpis.summary(clinic, S, E, None, AS_OF, with_outstanding=False)
+    assert kpi_frames.summary_from(grown, roster, S, E) == kpis.summary(clinic, S, E, None, AS_OF, with_outstanding=False)
     # A window apart from the cached one is queried on its own (not the gap between them), and a
     # different as-of day never reuses the cache.
-    apart = kpis.frames_covering(clinic, part, "2026-04-10", "2026-04-12", AS_OF)
+    apart = kpi_frames.frames_covering(clinic, part, "2026-04-10", "2026-04-12", AS_OF)
     assert (apart.start, apart.end) == (dt.date(2026, 4, 10), dt.date(2026, 4, 12))
     next_day = kpis.parse_day(AS_OF) + dt.timedelta(days=1)
-    later = kpis.frames_covering(clinic, part, "2026-03-29", "2026-03-30", next_day)
+    later = kpi_frames.frames_covering(clinic, part, "2026-03-29", "2026-03-30", next_day)
     assert later is not part and later.as_of == next_day
 
 

@@ -11,7 +11,7 @@ Speed: Voila keeps one *preheated* kernel whose notebook has already run ``prepa
 (imports, today's outstanding snapshot, the per-day sums of ``likely_window``);
 ``build`` reuses that work when the data fingerprint is unchanged (``CLINIC_DASHBOARD_PREHEAT=0``
 turns preheating off; see ``voila_command``). A filter change recomputes from the per-(day,
-physio) sums in memory (``kpis.summary_from``); only days outside them are queried, and without
+physio) sums in memory (``kpi_frames.summary_from``); only days outside them are queried, and without
 a preheated kernel the page fetches that window in a thread after its first render.
 
 URL parameters: ``?day=YYYY-MM-DD`` (one day), ``?start=..&end=..`` (a range),
@@ -35,6 +35,8 @@ import sqlalchemy as sa
 from clinic_lib.core.config import PROJECT_ROOT, get_settings
 from clinic_lib.core.timeutil import today_local
 from clinic_lib.dashboard import kpis
+from clinic_lib.dashboard import freshness
+from clinic_lib.dashboard import kpi_frames
 from clinic_lib.dashboard.state import (
     CHART_CONFIG,
     PLOTLY_MIMETYPE,
@@ -228,7 +230,7 @@ class Dashboard:
             return
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=1)
-        self._ahead = (ahead, pool.submit(kpis.frames_covering, self.state.engine, have, *ahead, self.as_of))
+        self._ahead = (ahead, pool.submit(kpi_frames.frames_covering, self.state.engine, have, *ahead, self.as_of))
         pool.shutdown(wait=False)
 
     def _frames_for(self, start, end):
@@ -282,7 +284,7 @@ class Dashboard:
 
     def show_freshness(self):
         try:
-            self.freshness.value = freshness_html(kpis.freshness(self.state.engine, self.settings), self.settings)
+            self.freshness.value = freshness_html(freshness.freshness(self.state.engine, self.settings), self.settings)
         except Exception as exc:
             self.freshness.value = _friendly("The freshness panel", exc)
 
@@ -293,7 +295,7 @@ class Warm:
     as_of: dt.date
     fingerprint: tuple
     outstanding_by_physio: object
-    frames: kpis.Frames | None = None  # the default selection's window (no URL parameters)
+    frames: kpi_frames.Frames | None = None  # the default selection's window (no URL parameters)
     model: ModelView | None = None  # the "Model in practice" section as of today
 
 
@@ -324,7 +326,7 @@ def prepare() -> Warm | None:
         fingerprint = data_fingerprint(state.engine)
         start, end, *_ = initial_selection({}, state, as_of)
         (w_start, w_end), (a_start, a_end) = window(start, end), likely_window(as_of)
-        frames = kpis.frames(state.engine, min(w_start, a_start), max(w_end, a_end), as_of)
+        frames = kpi_frames.frames(state.engine, min(w_start, a_start), max(w_end, a_end), as_of)
         try:
             model = model_in_practice(state.engine, as_of, settings)
         except Exception:
@@ -400,7 +402,7 @@ def build(day=None, query_string: str | None = None, warm: Warm | None = None):
             parts = [CSS, message_html(state.message or "No data.")]
             if state.engine is not None:
                 try:
-                    parts.append(freshness_html(kpis.freshness(state.engine, settings), settings))
+                    parts.append(freshness_html(freshness.freshness(state.engine, settings), settings))
                 except Exception:
                     pass
             return w.HTML('<div class="clinic-dash">' + "".join(parts) + "</div>")

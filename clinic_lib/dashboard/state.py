@@ -14,6 +14,7 @@ from clinic_lib.core import db
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.timeutil import BadDate, parse_day, today_local
 from clinic_lib.dashboard import kpis
+from clinic_lib.dashboard import kpi_frames
 from clinic_lib.dashboard.view import MODEL_WEEKS, TREND_DAYS, ModelView, _age, cards_html, message_html
 
 # --- state: what the database holds ----------------------------------------------------------
@@ -116,7 +117,7 @@ class View:
     figures: dict
     outstanding_by_physio: object = None
     summary: kpis.Summary | None = None
-    frames: kpis.Frames | None = None
+    frames: kpi_frames.Frames | None = None
     physios_in_period: set | None = None  # rostered or booked in the range (None: unknown)
 
 
@@ -148,7 +149,7 @@ def window(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date]:
 def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frames=None) -> View:
     """Every number and figure of one selection (no widgets: the bench times this).
 
-    SQL runs per date window (``kpis.frames``: sums per day and physio) and once per as-of day
+    SQL runs per date window (``kpi_frames.frames``: sums per day and physio) and once per as-of day
     (the outstanding snapshot); pass the previous View's ``frames`` and
     ``outstanding_by_physio`` and a physio filter change runs no query but the roster's and the
     next day's risk buckets."""
@@ -178,17 +179,17 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
             figures[name] = _friendly(f"The chart '{name}'", exc)
 
     try:
-        frames = kpis.frames_covering(engine, frames, win_start, win_end, as_of)
+        frames = kpi_frames.frames_covering(engine, frames, win_start, win_end, as_of)
         roster = kpis.roster_minutes(engine, start, end)
         present = physios_in_period(frames, roster, start, end)
-        current = kpis.summary_from(frames, roster, start, end, physio)
-        previous = kpis.summary_from(frames, kpis.roster_minutes(engine, prev_start, prev_end),
+        current = kpi_frames.summary_from(frames, roster, start, end, physio)
+        previous = kpi_frames.summary_from(frames, kpis.roster_minutes(engine, prev_start, prev_end),
                                      prev_start, prev_end, physio)
-        daily = kpis.daily_from(frames, trend_start, end, physio)
+        daily = kpi_frames.daily_from(frames, trend_start, end, physio)
         attempt("activity", lambda: plots.daily_activity(daily))
         attempt("show_rate", lambda: plots.show_rate_trend(daily))
         attempt("revenue", lambda: plots.revenue(daily))
-        attempt("utilization", lambda: plots.utilization(kpis.utilization_from(frames, roster, start, end, physio)))
+        attempt("utilization", lambda: plots.utilization(kpi_frames.utilization_from(frames, roster, start, end, physio)))
     except Exception as exc:
         frames = None
         cards = _friendly("The KPI cards", exc)
@@ -217,7 +218,7 @@ def compute(engine, start, end, physio, as_of, outstanding_by_physio=None, frame
                 present)
 
 
-def physios_in_period(frames: kpis.Frames, roster, start: dt.date, end: dt.date) -> set[int]:
+def physios_in_period(frames: kpi_frames.Frames, roster, start: dt.date, end: dt.date) -> set[int]:
     """The physios the filter offers for a range: rostered on some day of it or booked in it (a
     physio who left is offered for the periods they worked only)."""
     d = frames.daily
