@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     os.environ["CLINIC_OUTPUTS_DIR"] = str(CACHE / "outputs")
     os.environ["DATABASE_URL"] = f"sqlite:///{dbfile}"
     from clinic_lib.core import db
-    from clinic_lib import validate
+    from clinic_lib.validation.database import validate_db
+    from clinic_lib.validation.drop import validate_drop
     engine = db.make_engine(f"sqlite:///{dbfile}")
     with engine.connect() as conn:
         n_appt = conn.exec_driver_sql("SELECT count(*) FROM appointments").scalar()
@@ -142,8 +143,8 @@ def main(argv=None) -> int:
     day = sorted(x.name for x in (data / "daily").iterdir())[-1]
     rows = []
     for label, fn, target in (
-            ("database validation (validate_db)", lambda: validate.validate_db(engine, record=False), 1.0),
-            (f"drop validation of {day} (validate_drop)", lambda: validate.validate_drop(day, engine, record=False), 0.2)):
+            ("database validation (validate_db)", lambda: validate_db(engine, record=False), 1.0),
+            (f"drop validation of {day} (validate_drop)", lambda: validate_drop(day, engine, record=False), 0.2)):
         fn()  # warm-up (page cache, imports)
         times, cpu, report = [], [], None
         for _ in range(a.repeat):

@@ -139,11 +139,12 @@ def args_validate(p):
 
 def cmd_validate(a):
     """Exit 0: clean (warnings allowed); 1: errors found; 2: could not run (no drop folder, no database)."""
-    from clinic_lib import validate
+    from clinic_lib.validation.database import validate_db
+    from clinic_lib.validation.drop import validate_drop
     if a.db:
-        report = validate.validate_db(full=a.full)
+        report = validate_db(full=a.full)
     else:
-        report = validate.validate_drop(a.day, folder=a.drop_dir, allow_empty=a.empty_day)
+        report = validate_drop(a.day, folder=a.drop_dir, allow_empty=a.empty_day)
     print(report.to_json() if a.json else report.summary_text())
     return report.exit_code
 

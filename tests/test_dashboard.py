@@ -13,6 +13,7 @@ import kpi_fixture as fx
 from clinic_lib.dashboard import page as dashboard
 from clinic_lib.dashboard import kpis
 from clinic_lib.ingest.refresh import log_etl_run
+from clinic_lib.dashboard.view import card_value, cards_html
 
 PAYLOAD = '<img src=x onerror="alert(1)">'
 
@@ -49,18 +50,18 @@ def _summary(start, end, **values):
 def test_patient_visit_average_only_for_a_month_or_more():
     day = dt.date(2026, 3, 29)
     short = _summary(day, day, attended=5, new_patients=2, patient_visit_average=2.5)
-    html = dashboard.cards_html(short, short, "2026-03-22")
+    html = cards_html(short, short, "2026-03-22")
     pva = html.split('data-kpi="patient_visit_average"')[1].split('data-kpi=')[0]
     assert ">–</div>" in pva and "shown for ranges of 28 days or more" in pva
-    assert dashboard.card_value("patient_visit_average", short) == "–"
+    assert card_value("patient_visit_average", short) == "–"
     month = _summary(dt.date(2026, 3, 1), dt.date(2026, 3, 28), attended=30, new_patients=4, patient_visit_average=7.5)
-    assert dashboard.card_value("patient_visit_average", month) == "7.50"
-    assert "shown for ranges" not in dashboard.cards_html(month, None)
+    assert card_value("patient_visit_average", month) == "7.50"
+    assert "shown for ranges" not in cards_html(month, None)
 
 
 def test_bookings_card_says_what_it_counts():
     day = dt.date(2026, 3, 29)
-    html = dashboard.cards_html(_summary(day, day, bookings=6), None)
+    html = cards_html(_summary(day, day, bookings=6), None)
     bookings = html.split('data-kpi="bookings"')[1].split('data-kpi=')[0]
     assert "appointments scheduled on these days, whatever became of them" in bookings
 
@@ -68,10 +69,10 @@ def test_bookings_card_says_what_it_counts():
 def test_long_values_get_a_smaller_font():
     day = dt.date(2026, 3, 29)
     for cents, css in ((12_345_678, "kpi-value long"), (1_234_567_890, "kpi-value longer")):
-        html = dashboard.cards_html(_summary(day, day, outstanding_cents=cents, outstanding_visits=900), None)
+        html = cards_html(_summary(day, day, outstanding_cents=cents, outstanding_visits=900), None)
         outstanding = html.split('data-kpi="outstanding_cents"')[1]
         assert re.search(rf'class="{css}">€{cents // 100:,}.{cents % 100:02d}<', outstanding), outstanding
-    assert '<div class="kpi-value">6</div>' in dashboard.cards_html(_summary(day, day, bookings=6), None)
+    assert '<div class="kpi-value">6</div>' in cards_html(_summary(day, day, bookings=6), None)
 
 
 def test_freshness_shows_the_last_refresh_not_the_jobs_after_it(engine, monkeypatch):

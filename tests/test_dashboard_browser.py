@@ -31,6 +31,7 @@ from clinic_lib.core import db
 from clinic_lib.dashboard import kpis
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.migrate import migrate
+from clinic_lib.dashboard.view import CARDS, card_value
 
 # one worker runs this module: its server and browser are built once for all its tests
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_dashboard_browser")]
@@ -186,7 +187,7 @@ def _cards(page) -> dict[str, str]:
 
 def _expected(engine, start, end=None, physio=None) -> dict[str, str]:
     s = kpis.summary(engine, start, end, physio, AS_OF)
-    return {key: dashboard.card_value(key, s) for key, *_ in dashboard.CARDS}
+    return {key: card_value(key, s) for key, *_ in CARDS}
 
 
 def test_dashboard_in_chromium(clinic_db, browser, monkeypatch):

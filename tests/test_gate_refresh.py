@@ -22,7 +22,7 @@ from clinic_lib.core import db
 
 from clinic_lib.ingest import refresh
 
-from clinic_lib import validate
+from clinic_lib.validation.drop import validate_drop
 from clinic_lib.validation.checks import ERROR, NO_ROWS_FOR_DAY
 from clinic_lib.core.errors import CannotRun, UserError
 from clinic_lib.ingest.refresh import load_raw, refresh_day
@@ -221,9 +221,9 @@ def test_the_gate_refuses_what_the_refresh_refuses(corpus_db, tmp_path, case):
     assert db.content_hash(corpus_db) == before
     if case.check == "could not run":
         with pytest.raises(CannotRun):
-            validate.validate_drop(DAY, corpus_db, folder=folder, record=False)
+            validate_drop(DAY, corpus_db, folder=folder, record=False)
         return
-    report = validate.validate_drop(DAY, corpus_db, folder=folder, record=False)
+    report = validate_drop(DAY, corpus_db, folder=folder, record=False)
     assert case.check in {c.id for c in report.errors}, report.summary_text()
 
 
@@ -234,16 +234,16 @@ def test_an_empty_drop_of_a_roster_day_is_an_error_with_the_refresh_words(corpus
     _write_rows(folder, "payments", _rows(folder, "payments")[:1])
     with pytest.raises(UserError) as refused:
         refresh_day(DAY, corpus_db, folder=folder)
-    report = validate.validate_drop(DAY, corpus_db, folder=folder, record=False)
+    report = validate_drop(DAY, corpus_db, folder=folder, record=False)
     check = report.checks["drop.no_rows_for_day"]
     assert check.severity == ERROR and report.exit_code == 1
     words = NO_ROWS_FOR_DAY.format(day=DAY)
     assert str(refused.value) == f"appointments.csv: {words}"
     assert check.examples[0]["problem"] == words and f"problem={words!r}" in report.summary_text()
     # the clinic was closed: both accept it
-    assert validate.validate_drop(DAY, corpus_db, folder=folder, record=False, allow_empty=True).exit_code == 0
+    assert validate_drop(DAY, corpus_db, folder=folder, record=False, allow_empty=True).exit_code == 0
     refresh_day(DAY, corpus_db, folder=folder, allow_empty=True)
     # Sunday 2026-04-05 is off the roster: an empty drop is what a Sunday looks like, for both
-    report = validate.validate_drop("2026-04-05", corpus_db, folder=folder, record=False)
+    report = validate_drop("2026-04-05", corpus_db, folder=folder, record=False)
     assert report.checks["drop.no_rows_for_day"].count == 0
     refresh_day("2026-04-05", corpus_db, folder=folder)

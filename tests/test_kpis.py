@@ -12,6 +12,7 @@ import kpi_fixture as fx
 from clinic_lib.core import db
 from clinic_lib.dashboard import kpis
 from clinic_lib.core.migrate import migrate
+from clinic_lib.dashboard.view import CARDS, card_value, format_value
 
 S, E = fx.RANGE
 AS_OF = fx.AS_OF
@@ -209,11 +210,11 @@ def test_dashboard_compute_matches_kpis(clinic):
     assert all(isinstance(f, go.Figure) for f in view.figures.values())
     s = kpis.summary(clinic, "2026-03-29", as_of=AS_OF)
     assert view.summary == s
-    for key, *_ in dashboard.CARDS:
+    for key, *_ in CARDS:
         assert f'data-kpi="{key}"' in view.cards_html
-        assert card_text(view.cards_html, key) == dashboard.card_value(key, s)
-    assert dashboard.card_value("show_rate", s) == "75.0 %"
-    assert dashboard.card_value("outstanding_cents", s) == "€475.00"
+        assert card_text(view.cards_html, key) == card_value(key, s)
+    assert card_value("show_rate", s) == "75.0 %"
+    assert card_value("outstanding_cents", s) == "€475.00"
     # The outstanding snapshot is reused on a filter change.
     again = dashboard.compute(clinic, dt.date(2026, 3, 29), dt.date(2026, 3, 29), 2, dt.date(2026, 4, 30),
                               view.outstanding_by_physio)
@@ -263,8 +264,8 @@ def test_dashboard_fetches_the_likely_ranges_ahead(clinic):
     assert (app._frames.start, app._frames.end) == (dt.date(2026, 1, 1), as_of)
     s = kpis.summary(clinic, "2026-03-02", "2026-03-31", as_of=AS_OF)
     assert s.bookings == 12  # the 11 of 03-28 .. 03-30 (test_range_all_physios) and 207 on 03-31
-    for key, *_ in dashboard.CARDS:
-        assert card_text(app.cards.value, key) == dashboard.card_value(key, s), key
+    for key, *_ in CARDS:
+        assert card_text(app.cards.value, key) == card_value(key, s), key
 
 
 def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url, monkeypatch):
@@ -292,11 +293,11 @@ def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url,
         cards = next(c.value for c in page.children if 'data-kpi=' in getattr(c, "value", ""))
         return card_text(cards, key)
     reused = dashboard.build(day="2026-03-29", query_string="", warm=marked_warm)
-    assert card(reused, "outstanding_cents") == dashboard.format_value("money", true.outstanding_cents * 1000)
-    assert card(reused, "bookings") == dashboard.card_value("bookings", true)
+    assert card(reused, "outstanding_cents") == format_value("money", true.outstanding_cents * 1000)
+    assert card(reused, "bookings") == card_value("bookings", true)
     log_etl_run(clinic, "refresh", "2026-03-31", "2026-03-31T20:00:00+00:00", "ok", 1, 1)
     fresh = dashboard.build(day="2026-03-29", query_string="", warm=marked_warm)
-    assert card(fresh, "outstanding_cents") == dashboard.card_value("outstanding_cents", true)
+    assert card(fresh, "outstanding_cents") == card_value("outstanding_cents", true)
 
 
 def test_dashboard_errors_become_messages():

@@ -14,7 +14,9 @@ import pytest
 
 from clinic_lib.core import db
 
-from clinic_lib import validate
+from clinic_lib.validation.database import validate_db
+
+from clinic_lib.validation.drop import validate_drop
 from clinic_lib.cli import main
 from clinic_lib.ingest.refresh import load_raw, refresh_day
 
@@ -47,7 +49,7 @@ def _inactive(report) -> list[tuple]:
 
 def test_drop_marking_a_physio_inactive_while_booking_him(corpus_db, tmp_path):
     folder = _drop(tmp_path, "1,Anna Berg,1\n2,Jonas Keller,0\n")
-    report = validate.validate_drop(DAY, corpus_db, folder=folder, record=False)
+    report = validate_drop(DAY, corpus_db, folder=folder, record=False)
     # 204 (booked for 2 April) is named; 202 (his last day, D itself) and 203 (canceled) are not
     assert _inactive(report) == [(6, 204, 2)]
     assert report.checks["physio.inactive"].severity == "error" and report.exit_code == 1
@@ -55,28 +57,28 @@ def test_drop_marking_a_physio_inactive_while_booking_him(corpus_db, tmp_path):
     # his last day without the booking: nothing to say
     lines = (folder / "appointments.csv").read_text().splitlines()
     (folder / "appointments.csv").write_text("\n".join(lines[:5] + lines[6:]) + "\n")
-    assert validate.validate_drop(DAY, corpus_db, folder=folder, record=False).failed == []
+    assert validate_drop(DAY, corpus_db, folder=folder, record=False).failed == []
 
 
 def test_database_says_he_left_unless_the_drop_says_he_is_back(corpus_db, tmp_path):
     _leaves(corpus_db, 2)
     folder = _drop(tmp_path, "1,Anna Berg,1\n")  # the drop does not list physio 2: the database's word
-    assert _inactive(validate.validate_drop(DAY, corpus_db, folder=folder, record=False)) == [(6, 204, 2)]
+    assert _inactive(validate_drop(DAY, corpus_db, folder=folder, record=False)) == [(6, 204, 2)]
     folder = _drop(tmp_path / "back", "1,Anna Berg,1\n2,Jonas Keller,1\n")
-    assert validate.validate_drop(DAY, corpus_db, folder=folder, record=False).failed == []
+    assert validate_drop(DAY, corpus_db, folder=folder, record=False).failed == []
 
 
 def test_validate_db_names_bookings_from_today_on(corpus_db, capsys):
     refresh_day(DAY, corpus_db, folder=CORPUS / "clean")
     _leaves(corpus_db, 2)
     # on D: 204 (2 April) is ahead; 202 is completed, 203 canceled
-    report = validate.validate_db(corpus_db, record=False, now=dt.datetime(2026, 3, 30, 18, tzinfo=dt.timezone.utc))
+    report = validate_db(corpus_db, record=False, now=dt.datetime(2026, 3, 30, 18, tzinfo=dt.timezone.utc))
     assert [c.id for c in report.failed] == ["physio.inactive"]
     assert report.checks["physio.inactive"].count == 1
     assert report.checks["physio.inactive"].examples[0] == {"table": "appointments", "column": "physio_id",
                                                             "appointment_id": 204, "value": 2, "local_date": "2026-04-02"}
     # after 2 April has passed, the booking is history
-    later = validate.validate_db(corpus_db, record=False, now=dt.datetime(2026, 4, 3, 8, tzinfo=dt.timezone.utc))
+    later = validate_db(corpus_db, record=False, now=dt.datetime(2026, 4, 3, 8, tzinfo=dt.timezone.utc))
     assert later.failed == []
     # clinic validate --db (today: the real one), for a booking a week ahead
     ahead = dt.date.today() + dt.timedelta(days=7)

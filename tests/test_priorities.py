@@ -246,12 +246,12 @@ def test_holdout_secret_made_once_in_the_private_data_folder(engine, clinic_env,
 ])
 def test_missing_phone_is_validations_dialable_rule(engine, clinic_env, phone, missing):
     """The list calls a number missing exactly when the validation gate would report it."""
-    from clinic_lib import validate
+    from clinic_lib.validation.values import phone_not_scientific, phone_ok
     load_clinic(engine)
     with db.begin_write(engine) as conn:  # patient 3 has appointment 103 on D
         conn.execute(db.patients.update().where(db.patients.c.patient_id == 3).values(phone=phone or None))
     f = build_priorities(DAY, engine=engine).frame
     assert f.loc[f["appointment_id"] == 103, "missing_phone"].item() == missing
     value = pd.Series([phone])
-    reported = not (validate.phone_ok(value) & validate.phone_not_scientific(value)).item()
+    reported = not (phone_ok(value) & phone_not_scientific(value)).item()
     assert reported == bool(missing and phone)

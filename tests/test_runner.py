@@ -94,11 +94,10 @@ def test_resume_skips_steps_that_succeeded(project_env):
 
 def test_second_run_exits_while_lock_is_held(project_env):
     from clinic_lib.pipeline import runner
-    lock = runner.locked()
-    try:
+    with runner.locked() as lock:
         out = run_daily("--day", DAY, "--steps", "refresh")
-    finally:
-        lock.release()
+        assert lock.is_locked and lock.lock_counter == 1  # taken once, not twice
+    assert not lock.is_locked  # let go at the end of the block: the next run may start
     assert out.returncode == 3
     assert "another run_daily.py is running" in out.stderr
     assert not (project_env / "outputs" / "runs").exists()

@@ -11,7 +11,14 @@ import pytest
 
 from clinic_lib.core import db
 
-from clinic_lib import validate
+from clinic_lib.validation.values import KINDS, _MEMO, _passes_in_plain_form
+
+from clinic_lib.validation.report import Report
+
+from clinic_lib.validation import read as validation_read
+from clinic_lib.validation.read import _plain_columns, _read_file
+
+from clinic_lib.validation.drop import validate_drop
 from clinic_lib.validation.checks import DROP
 from clinic_lib.cli import main
 from clinic_lib.core.errors import UserError
@@ -76,7 +83,7 @@ def test_dst_days_rows_belong_to_their_local_day(loaded, clinic_env, day, start,
     for table in ("patients", "physios"):
         shutil.copy(CORPUS / "clean" / f"{table}.csv", folder)
     (folder / "payments.csv").write_text((CORPUS / "clean" / "payments.csv").read_text().splitlines()[0] + "\n")
-    report = validate.validate_drop(day, loaded, folder=folder, record=False)
+    report = validate_drop(day, loaded, folder=folder, record=False)
     assert report.errors == [], report.summary_text()
     assert report.checks["drop.no_rows_for_day"].count == 0
     assert [c.id for c in report.warnings] == ["roster.outside"]  # a Sunday: no roster block
@@ -136,7 +143,7 @@ def _run(fuzz_db, files: dict) -> None:
     for table, data in files.items():
         (folder / f"{table}.csv").write_bytes(data)
     try:
-        report = validate.validate_drop(DAY, engine, folder=folder, record=False)
+        report = validate_drop(DAY, engine, folder=folder, record=False)
         json.loads(report.to_json())
         report.summary_text()
     except UserError:
@@ -207,12 +214,12 @@ def _both_readers(text: str, tmp_path, monkeypatch):
     import pandas as pd
     path = tmp_path / "physios.csv"
     path.write_bytes(text.encode())
-    quick = validate._plain_columns(text) is not None
-    fast_report, general_report = validate.Report(DROP, dt.date(2026, 3, 30)), validate.Report(DROP, dt.date(2026, 3, 30))
-    fast = validate._read_file(path, "physios", fast_report)
+    quick = _plain_columns(text) is not None
+    fast_report, general_report = Report(DROP, dt.date(2026, 3, 30)), Report(DROP, dt.date(2026, 3, 30))
+    fast = _read_file(path, "physios", fast_report)
     with monkeypatch.context() as m:
-        m.setattr(validate, "_plain_columns", lambda text: None)
-        general = validate._read_file(path, "physios", general_report)
+        m.setattr(validation_read, "_plain_columns", lambda text: None)
+        general = _read_file(path, "physios", general_report)
     if general is None:
         assert fast is None
     else:
@@ -266,13 +273,13 @@ def test_fuzz_quick_reader_agrees_with_the_csv_reader(tmp_path_factory, edits):
 def test_a_column_passes_in_plain_form_only_where_every_check_passes(kind, values, plain):
     import pandas as pd
     column = pd.Series(values, index=range(2, len(values) + 2), dtype=object).astype(str)
-    validate._MEMO.d = {}
+    _MEMO.d = {}
     try:
-        assert validate._passes_in_plain_form(kind, column) == plain
-        every_check = all(bool(fn(column).all()) for _, fn in validate.KINDS[kind])
+        assert _passes_in_plain_form(kind, column) == plain
+        every_check = all(bool(fn(column).all()) for _, fn in KINDS[kind])
         assert every_check or not plain
     finally:
-        validate._MEMO.d = None
+        _MEMO.d = None
 
 
 def test_plain_values_keep_the_columns_index():

@@ -9,7 +9,7 @@ import pytest
 
 from clinic_lib.core import db
 
-from clinic_lib import validate
+from clinic_lib.validation.drop import validate_drop
 from clinic_lib.ingest.refresh import load_raw, refresh_day
 
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
@@ -33,7 +33,7 @@ def test_manifest_covers_every_drop_check():
 
 def test_clean_drop_passes_and_refresh_applies_it(base_engine):
     before = db.content_hash(base_engine)
-    report = validate.validate_drop(DAY, base_engine, folder=CORPUS / "clean")
+    report = validate_drop(DAY, base_engine, folder=CORPUS / "clean")
     assert report.failed == [], report.summary_text()
     assert report.exit_code == 0
     assert db.content_hash(base_engine) == before
@@ -44,7 +44,7 @@ def test_every_bad_drop_is_caught_with_its_row(base_engine):
     before = db.content_hash(base_engine)
     problems = []
     for drop in MANIFEST["drops"]:
-        report = validate.validate_drop(DAY, base_engine, folder=CORPUS / drop["folder"], record=False)
+        report = validate_drop(DAY, base_engine, folder=CORPUS / drop["folder"], record=False)
         check = report.checks[drop["check"]]
         where = {(e.get("file"), e.get("line")) for e in check.examples}
         if check.count == 0:
@@ -62,7 +62,7 @@ def test_every_bad_drop_is_caught_with_its_row(base_engine):
 
 def test_a_bad_drop_is_reported_in_json_and_validation_runs(base_engine, clinic_env):
     from clinic_lib.core.config import get_settings
-    report = validate.validate_drop(DAY, base_engine, folder=CORPUS / "orphan_patient")
+    report = validate_drop(DAY, base_engine, folder=CORPUS / "orphan_patient")
     path = get_settings().validation_dir / f"validation_{DAY}.json"
     assert report.report_path == path
     data = json.loads(path.read_text())
@@ -112,7 +112,7 @@ def _pairs(report, check_id: str) -> set:
 
 def test_drop_overlaps_with_the_database_as_it_will_be_after_the_refresh(engine, clinic_env, tmp_path):
     load_raw(engine, folder=_folder_plus(tmp_path, MANIFEST["base"], "base", BASE_EXTRA))
-    report = validate.validate_drop(DAY, engine, folder=_folder_plus(tmp_path, "clean", "drop", DROP_EXTRA),
+    report = validate_drop(DAY, engine, folder=_folder_plus(tmp_path, "clean", "drop", DROP_EXTRA),
                                     record=False)
     # not 202 with 150 (the refresh deletes 150), not 207 with 153 (one ends as the other starts)
     assert _pairs(report, "overlap.physio") == {(206, 151, False), (207, 152, False)}
@@ -121,7 +121,7 @@ def test_drop_overlaps_with_the_database_as_it_will_be_after_the_refresh(engine,
     assert lines == {206: 8, 207: 9}
     # the drop cancels 152 on D: nothing overlaps it any more
     canceled = "152,4,2,2026-04-03T10:00:00+02:00,2026-04-03T10:45:00+02:00,2026-03-20T10:00:00+01:00,canceled,2026-03-30T12:05:00+02:00,45.00,0"
-    report = validate.validate_drop(DAY, engine, folder=_folder_plus(tmp_path, "clean", "drop2", DROP_EXTRA + [canceled]),
+    report = validate_drop(DAY, engine, folder=_folder_plus(tmp_path, "clean", "drop2", DROP_EXTRA + [canceled]),
                                     record=False)
     assert _pairs(report, "overlap.physio") == {(206, 151, False)}
     assert _pairs(report, "overlap.patient") == {(209, 153, False)}

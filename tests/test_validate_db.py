@@ -9,8 +9,9 @@ import sqlalchemy as sa
 
 from clinic_lib.core import db
 
-from clinic_lib import validate
+from clinic_lib.validation.checks import CATALOGUE
 
+from clinic_lib.validation.database import validate_db
 NOW = "2026-03-30T12:00:00+00:00"
 
 
@@ -105,7 +106,7 @@ def test_planted_problems_are_found(db_url, clinic_env):
     engine = _unconstrained(db_url)
     _plant(engine)
     before = db.content_hash(engine)
-    report = validate.validate_db(engine, now=dt.datetime.fromisoformat(NOW))
+    report = validate_db(engine, now=dt.datetime.fromisoformat(NOW))
     found = {c.id: c.count for c in report.failed}
     assert found == EXPECTED, report.summary_text()
     assert report.exit_code == 1 and report.status == "errors"
@@ -121,7 +122,7 @@ def test_planted_problems_are_found(db_url, clinic_env):
     with engine.connect() as conn:
         runs = conn.execute(sa.select(db.validation_runs)).mappings().all()
     assert [(r["scope"], r["status"], r["n_errors"]) for r in runs] == [("db", "errors", sum(
-        n for k, n in EXPECTED.items() if validate.CATALOGUE[k].severity == "error"))]
+        n for k, n in EXPECTED.items() if CATALOGUE[k].severity == "error"))]
     engine.dispose()
 
 
@@ -129,7 +130,7 @@ def test_sqlite_text_instants_not_in_canonical_form(sqlite_url):
     import datetime as dt
     engine = _unconstrained(sqlite_url)
     _plant(engine, with_bad_text=True)
-    report = validate.validate_db(engine, now=dt.datetime.fromisoformat(NOW), full=True, record=False)
+    report = validate_db(engine, now=dt.datetime.fromisoformat(NOW), full=True, record=False)
     assert report.checks["timestamp.format"].count == 1
     assert report.checks["timestamp.format"].examples[0]["appointment_id"] == 24
 
@@ -139,10 +140,10 @@ def test_migrated_database_passes_and_trusts_its_constraints(engine, clinic_env)
     from clinic_lib.ingest.refresh import load_raw
     corpus = Path(__file__).resolve().parent / "bad_drops"
     load_raw(engine, folder=corpus / "base")
-    report = validate.validate_db(engine, record=False)
+    report = validate_db(engine, record=False)
     assert report.failed == [], report.summary_text()
     assert any("ck_appointments_end_after_start" in n for n in report.notes)
-    full = validate.validate_db(engine, record=False, full=True)
+    full = validate_db(engine, record=False, full=True)
     assert full.failed == [] and not full.notes
 
 
@@ -163,11 +164,11 @@ def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
     raw.execute("INSERT INTO payments VALUES (700, 300, 4500, '2026-03-26T09:00:00+00:00', '2026-03-26', 'card')")
     raw.commit()
     raw.close()
-    report = validate.validate_db(engine, record=False)
+    report = validate_db(engine, record=False)
     assert {c.id: c.count for c in report.failed} == {"orphan.patient": 1, "payment.not_completed": 1}
 
 
 def test_validation_refuses_a_database_without_schema(sqlite_url):
     from clinic_lib.core.errors import CannotRun
     with pytest.raises(CannotRun, match="clinic migrate"):
-        validate.validate_db(db.make_engine(sqlite_url), record=False)
+        validate_db(db.make_engine(sqlite_url), record=False)

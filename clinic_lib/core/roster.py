@@ -189,7 +189,7 @@ def end_leavers_rosters(conn: sa.Connection) -> int:
 
 def as_frame(blocks_by_physio: dict[int, list[Block]]) -> pd.DataFrame:
     """Blocks as a frame: physio_id, weekday, start_time, end_time, valid_from, valid_to (dates
-    as 'YYYY-MM-DD' text or None), the form ``validate.roster_outside`` reads."""
+    as 'YYYY-MM-DD' text or None), the form ``roster_outside`` reads."""
     rows = [(p, b.weekday, b.start_time, b.end_time, b.valid_from and b.valid_from.isoformat(),
              b.valid_to and b.valid_to.isoformat()) for p, blocks in sorted(blocks_by_physio.items()) for b in blocks]
     return pd.DataFrame(rows, columns=["physio_id", "weekday", "start_time", "end_time", "valid_from", "valid_to"])

@@ -8,10 +8,16 @@ date and the local date differ.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 
 from clinic_lib.core.errors import CannotRun
+
+if TYPE_CHECKING:  # annotations only: the column functions import these where they run
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
 
 UTC = dt.timezone.utc
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S+00:00"

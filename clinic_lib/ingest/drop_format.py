@@ -60,7 +60,9 @@ OFFSET_PATTERN = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 PLAIN_INSTANT = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)$"
 _PLAIN_ID = r"^\d{1,18}$"
 _PLAIN_EUROS = r"^\d{1,12}(?:\.\d{1,2})?$"
-_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# A roster block's HH:MM, 00:00 .. 23:59: the load and the gate both read it with this one pattern.
+TIME_OF_DAY = r"(?:[01]\d|2[0-3]):[0-5]\d"
+_TIME = re.compile(rf"^{TIME_OF_DAY}$")
 
 
 class DropError(UserError, ValueError):

@@ -83,7 +83,7 @@ def validate_and_refresh(days, engine: sa.Engine, on_day: Callable[[dict], None]
     the first bad day raises ``ValidationFailed`` (or the refresh's error) with that day's report,
     after the days before it were applied.
     """
-    from clinic_lib.validate import validate_drop
+    from clinic_lib.validation.drop import validate_drop
     steps = set(steps)
     closed = {parse_day(d) for d in closed}
     done = []

@@ -327,8 +327,10 @@ def run_lock(timeout: float = 0):
     return FileLock(str(settings.outputs_dir / ".run.lock"), timeout=timeout)
 
 
+@contextlib.contextmanager
 def locked(timeout: float = 0):
-    """Take the run lock; a lock that cannot even be created is a run that could not start."""
+    """Hold the run lock for the ``with`` block (taken once, let go once at its end); a lock that
+    cannot even be created is a run that could not start."""
     try:
         lock = run_lock(timeout)
         lock.acquire()
@@ -338,7 +340,10 @@ def locked(timeout: float = 0):
                         "--wait SECONDS to wait for it.") from None
     except OSError as exc:
         raise CannotRun(f"could not run: cannot take the run lock, {os_error_text(exc)}") from exc
-    return lock
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def default_day() -> dt.date:
