@@ -94,3 +94,17 @@ def clinic_env(tmp_path, monkeypatch, db_url):
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     return tmp_path
+
+
+@pytest.fixture
+def project_env(tmp_path, monkeypatch):
+    """A migrated SQLite project for run_daily.py tests: data/outputs under tmp_path, set in the environment."""
+    data, outputs = tmp_path / "data", tmp_path / "outputs"
+    url = f"sqlite:///{tmp_path / 'clinic.db'}"
+    for key, value in {"CLINIC_DATA_DIR": str(data), "CLINIC_OUTPUTS_DIR": str(outputs),
+                       "DATABASE_URL": url, "CLINIC_TZ": "Europe/Berlin"}.items():
+        monkeypatch.setenv(key, value)
+    engine = db.make_engine(url)
+    migrate(engine)
+    yield tmp_path
+    engine.dispose()

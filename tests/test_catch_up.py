@@ -15,7 +15,6 @@ import pytest
 
 from clinic_lib.core import db
 from clinic_lib.core.config import PROJECT_ROOT
-from clinic_lib.core.migrate import migrate
 from drops import HOURS, appt, pay, rows, write_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")
@@ -25,19 +24,6 @@ VALIDATE_REFRESH = ["--steps", "validate,refresh"]
 def run_daily(*args):
     return subprocess.run([sys.executable, RUN_DAILY, "--quiet", *args], env=os.environ.copy(),
                           capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture
-def project_env(tmp_path, monkeypatch):
-    data, outputs = tmp_path / "data", tmp_path / "outputs"
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    for key, value in {"CLINIC_DATA_DIR": str(data), "CLINIC_OUTPUTS_DIR": str(outputs),
-                       "DATABASE_URL": url, "CLINIC_TZ": "Europe/Berlin"}.items():
-        monkeypatch.setenv(key, value)
-    engine = db.make_engine(url)
-    migrate(engine)
-    yield tmp_path
-    engine.dispose()
 
 
 def one_visit_drop(data, day: str, appointment_id: int, **kw):

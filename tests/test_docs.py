@@ -6,7 +6,7 @@
 - the check catalogue in docs/validation.md is what clinic_lib/validation/checks.py renders now, and the
   renderer (``python -m clinic_lib.validation.checks``, ``make docs``) rewrites only what is between its
   markers;
-- no "issue N" tag and no dated history ("the machine of 2026-12-01", "the fourth session") in the
+- no "issue N" tag and no dated history (a machine or a session named by its date or number) in the
   README, docs/, the code, the tests, the benches, the notebooks or the configuration files, and
   no timings in clinic_lib's comments (they belong in docs/benchmarks.md).
 """
@@ -204,8 +204,8 @@ def test_a_bar_in_a_meaning_does_not_break_the_table(monkeypatch):
 
 HISTORY = re.compile("|".join([
     r"\bissues?\s*#?\d+",                                              # issue 18, issue #5
-    r"\bmachine of\b",                                                 # the machine of 2026-12-01
-    r"\b\d{4}-\d{2}-\d{2}'s\b",                                        # 2026-12-01's second session
+    r"\bmachine of\b",                                                 # "the machine of" a day
+    r"\b\d{4}-\d{2}-\d{2}'s\b",                                        # a date's session
     r"\b(?:first|second|third|fourth|fifth|sixth|this|that|earlier|previous|latest|last)"
     r"\s+sessions?(?:'s)?\s+(?:machine|changes?|code|measured|figures?)",  # the fourth session's machine
     r"\b(?:first|second|third|fourth|fifth|sixth)\s+session\b",        # the fourth session

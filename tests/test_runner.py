@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from clinic_lib.core import db
 from clinic_lib.core.config import PROJECT_ROOT
-from clinic_lib.core.migrate import migrate
 from drops import DAY, write_day_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")
@@ -21,17 +20,6 @@ RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")
 def run_daily(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, RUN_DAILY, *args], env=env or os.environ.copy(),
                           capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-@pytest.fixture
-def project_env(tmp_path, monkeypatch):
-    data, outputs = tmp_path / "data", tmp_path / "outputs"
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    for key, value in {"CLINIC_DATA_DIR": str(data), "CLINIC_OUTPUTS_DIR": str(outputs),
-                       "DATABASE_URL": url, "CLINIC_TZ": "Europe/Berlin"}.items():
-        monkeypatch.setenv(key, value)
-    migrate(db.make_engine(url))
-    return tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
