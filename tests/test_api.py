@@ -367,7 +367,8 @@ def test_openapi_document_is_valid(client):
 
 def test_openapi_document_says_what_the_code_does():
     """openapi.json is a data file: its enums and limits are the code's."""
-    from clinic_lib.reception.api import MAX_ID, MAX_NOTE
+    from clinic_lib.core.db import MAX_ID
+    from clinic_lib.reception.api import MAX_NOTE
     spec = openapi_spec()
     item = (spec["paths"]["/priorities"]["get"]["responses"]["200"]["content"]["application/json"]
             ["schema"]["properties"]["items"]["items"]["properties"])

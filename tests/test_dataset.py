@@ -32,8 +32,8 @@ def column(name: str, values: list[str]) -> pd.DataFrame:
 ])
 def test_a_column_in_plain_form_reads_as_the_general_way_reads_it(reader, name, plain, other_form, required):
     assert dataset.plain_values(column(name, [other_form])[name], {
-        dataset._instants: dataset.PLAIN_INSTANT, dataset._ids: dataset._PLAIN_ID,
-        dataset._cents: dataset._PLAIN_EUROS}[reader], required, "string") is None  # not plain
+        dataset._instants: dataset.PLAIN_INSTANT, dataset._ids: dataset.PLAIN_ID,
+        dataset._cents: dataset.PLAIN_EUROS}[reader], required, "string") is None  # not plain
     quick = reader(column(name, plain), name, "x.csv", required=required)
     general = reader(column(name, plain + [other_form]), name, "x.csv", required=required)
     assert quick.dtype == general.dtype
@@ -57,6 +57,33 @@ def test_a_bad_instant_among_plain_ones_is_named_by_line(value, message):
     with pytest.raises(DropError, match=f"^appointments.csv line 4 column appt_start: {message}"):
         dataset._instants(column("appt_start", INSTANTS[:2] + [value] + INSTANTS[2:]), "appt_start",
                           "appointments.csv")
+
+
+# One id rule for the load and the gate: the text, and the id it is (None: not an id).
+ID_FORMS = [
+    ("0", 0), ("007", 7), (" 12 ", 12), ("12.0", 12), ("12.", 12),  # spaces and a spreadsheet's ".0"
+    ("999999999999999999", 10**18 - 1),  # eighteen digits: the quick form
+    ("9007199254740993", 2**53 + 1),  # above 2**53, where floats would read 9007199254740992
+    ("9223372036854775807", 2**63 - 1),  # the database's largest BIGINT
+    ("9223372036854775808", None),
+    ("-1", None), ("1.5", None), ("+12", None), ("x", None), ("12 3", None),
+    ("1.23457E+11", None), ("1e3", None),  # a spreadsheet's rounding of a long id is not that id
+]
+
+
+@pytest.mark.parametrize("text, expected", ID_FORMS, ids=[t for t, _ in ID_FORMS])
+def test_the_load_and_the_gate_read_an_id_alike(text, expected):
+    from clinic_lib.validation.stage import _ids as staged_ids
+    from clinic_lib.validation.values import _ok_id
+    frame = column("payment_id", ["1", text])
+    if expected is None:
+        with pytest.raises(DropError, match="^payments.csv line 3 column payment_id: expected a whole non-negative"):
+            dataset._ids(frame, "payment_id", "payments.csv")
+    else:
+        assert dataset._ids(frame, "payment_id", "payments.csv").tolist() == [1, expected]
+    assert _ok_id(frame["payment_id"]).tolist() == [True, expected is not None]  # the gate's value.type
+    staged = staged_ids(frame, "payment_id")  # what the gate's SQL checks see
+    assert staged.tolist() == [1, expected if expected is not None else pd.NA]
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "x", "", "99999999999999999999"])

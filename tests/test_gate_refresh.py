@@ -144,6 +144,7 @@ CASES = [
     Case("unexpected column(s) ", "columns.extra",
          edit_lines("payments", lambda ls: [ls[0] + ",note"] + [l + ",x" for l in ls[1:]]), "a note column"),
     Case("expected a whole non-negative number", "value.type", cell("appointments", 2, "patient_id", "-1"), "patient -1"),
+    Case("expected a whole non-negative number", "value.type", cell("payments", 2, "payment_id", str(2**63)), "payment id 2**63"),
     Case("a timestamp is required", "value.missing", cell("appointments", 2, "booked_at", ""), "no booked_at"),
     Case("timestamp has no UTC offset; write it as 2026-03-29T09:00:00+02:00", "timestamp.no_offset",
          cell("appointments", 2, "appt_start", "2026-03-30T09:00:00"), "no offset"),
@@ -225,6 +226,20 @@ def test_the_gate_refuses_what_the_refresh_refuses(corpus_db, tmp_path, case):
         return
     report = validate_drop(DAY, corpus_db, folder=folder, record=False)
     assert case.check in {c.id for c in report.errors}, report.summary_text()
+
+
+def test_ids_beyond_floats_are_accepted_by_both_and_stored_exactly(corpus_db, tmp_path):
+    """2**53 and 2**53 + 1 are one number as floats: read exactly they are two payments."""
+    folder = tmp_path / DAY
+    shutil.copytree(CORPUS / "clean", folder)
+    cell("payments", 2, "payment_id", str(2**53))(folder, corpus_db)
+    cell("payments", 3, "payment_id", f" {2**53 + 1}.0")(folder, corpus_db)
+    report = validate_drop(DAY, corpus_db, folder=folder, record=False)
+    assert report.exit_code == 0, report.summary_text()
+    refresh_day(DAY, corpus_db, folder=folder)
+    with corpus_db.connect() as conn:
+        ids = {row[0] for row in conn.exec_driver_sql("SELECT payment_id FROM payments")}
+    assert {2**53, 2**53 + 1} <= ids
 
 
 def test_an_empty_drop_of_a_roster_day_is_an_error_with_the_refresh_words(corpus_db, tmp_path):

@@ -79,6 +79,7 @@ Cents = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 APPOINTMENT_STATUSES = ("booked", "completed", "canceled", "no_show")
+MAX_ID = 2**63 - 1  # ids are BIGINT on Postgres and 64-bit INTEGER on SQLite
 PAYMENT_METHODS = ("cash", "card", "transfer", "insurance")
 CALL_OUTCOMES = ("reached", "voicemail", "no_answer", "confirmed", "rescheduled", "canceled")
 

@@ -58,8 +58,15 @@ OFFSET_PATTERN = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 # (a 30th of February), goes the general way below, which reads the same values to the same
 # result and names the first bad one (tests/test_dataset.py).
 PLAIN_INSTANT = r"^(?:19|20)\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)$"
-_PLAIN_ID = r"^\d{1,18}$"
-_PLAIN_EUROS = r"^\d{1,12}(?:\.\d{1,2})?$"
+# An id is written in digits (spaces around it and a ".0" a spreadsheet adds are allowed) and is
+# below 2**63, the database's BIGINT. It is read exactly, never through floats, so that two ids
+# above 2**53 stay two. Eighteen digits are always below 2**63: that is the quick form.
+MAX_ID = db.MAX_ID
+PLAIN_ID = r"^\d{1,18}$"
+_ID_TEXT = r"^\s*(\d+)(?:\.0*)?\s*$"
+# An amount in euros is a number below MAX_EUROS (cents fit the database's BIGINT with room to add).
+MAX_EUROS = 10**12
+PLAIN_EUROS = r"^\d{1,12}(?:\.\d{1,2})?$"
 # A roster block's HH:MM, 00:00 .. 23:59: the load and the gate both read it with this one pattern.
 TIME_OF_DAY = r"(?:[01]\d|2[0-3]):[0-5]\d"
 _TIME = re.compile(rf"^{TIME_OF_DAY}$")
@@ -187,14 +194,24 @@ def plain_values(column: pd.Series, pattern: str, required: bool, kind: pa.DataT
     return pd.Series(converted.array, index=column.index)  # the values in order, whatever the index
 
 
-def _ids(frame, column, file, required=True) -> pd.Series:
-    plain = plain_values(frame[column], _PLAIN_ID, required, pa.int64())
+def id_values(column: pd.Series) -> pd.Series:
+    """The ids of a text column as Int64, exactly; <NA> where a value is empty or not an id. The
+    load and the gate both read ids with this."""
+    plain = plain_values(column, PLAIN_ID, False, pa.int64())
     if plain is not None:
         return plain
-    text = frame[column].str.strip()
-    values = pd.to_numeric(text, errors="coerce")
-    empty = text == ""
-    bad = (values.isna() & ~empty) | (values.notna() & (values != values.round())) | (values < 0) | (values >= 2**63)
+    digits = column.astype(str).str.extract(_ID_TEXT, expand=False)
+    exact = [int(d) if isinstance(d, str) and int(d) <= MAX_ID else None for d in digits]
+    return pd.Series(pd.array(exact, dtype="Int64"), index=column.index)
+
+
+def _ids(frame, column, file, required=True) -> pd.Series:
+    plain = plain_values(frame[column], PLAIN_ID, required, pa.int64())
+    if plain is not None:
+        return plain
+    values = id_values(frame[column])
+    empty = frame[column].str.strip() == ""
+    bad = values.isna() & ~empty
     if required:
         bad |= empty
     if bad.any():
@@ -238,13 +255,13 @@ def _flags(frame, column, file) -> pd.Series:
 
 
 def _cents(frame, column, file, required=True) -> pd.Series:
-    values = plain_values(frame[column], _PLAIN_EUROS, required, pa.float64())
+    values = plain_values(frame[column], PLAIN_EUROS, required, pa.float64())
     if values is not None:
         return (values * 100).round().astype("Int64")
     text = frame[column].str.strip()
     empty = text == ""
     values = pd.to_numeric(text, errors="coerce")
-    bad = (values.isna() & ~empty) | (values < 0) | (required & empty) | (values == float("inf"))
+    bad = (values.isna() & ~empty) | (values < 0) | (required & empty) | (values >= MAX_EUROS)
     if bad.any():
         line, value = _first(frame, bad, column)
         raise DropError(file, "expected an amount in euros >= 0, like 65.00", line=line, column=column, value=value)

@@ -64,7 +64,6 @@ REQUIRED = ["PatientId", "AppointmentID", "Gender", "ScheduledDay", "Appointment
 START_TIME = dt.time(8, 0)
 LATEST_START = dt.time(23, 0)
 LENGTH = pd.Timedelta(minutes=30)
-INT64_MAX = 2**63 - 1
 
 
 class ImportError_(UserError):
@@ -123,7 +122,7 @@ def patient_ids(text: pd.Series, file: str = "file") -> tuple[pd.Series, dict]:
     integral = {v for u, v in mapped.items() if u not in fractional}
     frac_ids = [mapped[u] for u in fractional]
     collide = (len(set(frac_ids)) != len(frac_ids) or any(i in integral for i in frac_ids)
-               or any(v > INT64_MAX for v in mapped.values()))
+               or any(v > db.MAX_ID for v in mapped.values()))
     notes = {"patient_ids_not_whole": len(fractional), "patient_ids_dense_ranked": bool(collide)}
     if collide:
         order = sorted(values, key=lambda u: values[u])

@@ -45,7 +45,6 @@ from clinic_lib.core.timeutil import BadDate, parse_day, today_local, utc_now_te
 log = logging.getLogger("clinic.api")
 
 MAX_NOTE = 2000
-MAX_ID = 2**63 - 1
 MAX_BODY = 16 * 1024
 OUTCOME_HELP = ('expected a JSON object {"outcome": one of ' + ", ".join(db.CALL_OUTCOMES)
                 + f', "note": optional text up to {MAX_NOTE} characters}}')
@@ -432,7 +431,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
 
     @app.post("/appointments/<appointment_id>/call-outcome")
     def post_call_outcome(appointment_id: str):
-        if not _ID_RE.match(appointment_id) or not 1 <= int(appointment_id) <= MAX_ID:
+        if not _ID_RE.match(appointment_id) or not 1 <= int(appointment_id) <= db.MAX_ID:
             raise ApiError(400, "bad_request", "expected an appointment id: a whole number from 1")
         aid = int(appointment_id)
         try:

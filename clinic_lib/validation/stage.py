@@ -8,24 +8,22 @@ import pandas as pd
 
 from clinic_lib.core import db
 from clinic_lib.core.timeutil import ISO_FORMAT, day_texts, local_day_bounds_utc, series_to_utc_text
-from clinic_lib.ingest.drop_format import ID_COLUMN
+from clinic_lib.ingest.drop_format import ID_COLUMN, MAX_EUROS
 from clinic_lib.validation.report import Report
-from clinic_lib.validation.values import _TIME, STATUSES, _instants, _numbers, _ok_flag, _ok_weekday, _strip
+from clinic_lib.validation.values import _TIME, STATUSES, _id_values, _instants, _numbers, _ok_flag, _ok_weekday, _strip
 
 
 def _ids(frame, col) -> pd.Series:
     if col not in frame.columns:
         return pd.Series(pd.NA, index=frame.index, dtype="Int64")
-    v = _numbers(frame[col])
-    ok = v.notna() & (v >= 0) & (v == np.floor(v)) & (v < 2 ** 53)
-    return v.where(ok).astype("Int64")
+    return _id_values(frame[col])
 
 
 def _cents(frame, col) -> pd.Series:
     if col not in frame.columns:
         return pd.Series(pd.NA, index=frame.index, dtype="Int64")
     v = _numbers(frame[col])
-    ok = v.notna() & np.isfinite(v) & (v.abs() < 1e12)
+    ok = v.notna() & np.isfinite(v) & (v.abs() < MAX_EUROS)
     return (v.where(ok) * 100).round().astype("Int64")
 
 

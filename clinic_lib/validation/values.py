@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from clinic_lib.core import db, phones
 from clinic_lib.core.config import get_settings
-from clinic_lib.ingest.drop_format import TIME_OF_DAY, ID_COLUMN, OFFSET_PATTERN, PLAIN_INSTANT, plain_values
+from clinic_lib.ingest.drop_format import (ID_COLUMN, MAX_EUROS, OFFSET_PATTERN, PLAIN_EUROS, PLAIN_ID, PLAIN_INSTANT,
+                                          TIME_OF_DAY, id_values, plain_values)
 from clinic_lib.validation.checks import CATALOGUE
 from clinic_lib.validation.report import MAX_EXAMPLES, Report
 
@@ -65,15 +66,21 @@ def _strip(s: pd.Series) -> pd.Series:
 
 
 # The plain forms almost every export uses (no spaces, ids and euros in digits, timestamps as
-# 2026-03-30T09:00:00+02:00), recognised and converted in C by Arrow (dataset.plain_values); a
-# column with any other value goes the general way below, value by value.
-_PLAIN_NUMBER = r"^\d{1,15}(?:\.\d{1,2})?$"
+# 2026-03-30T09:00:00+02:00), recognised and converted in C by Arrow (drop_format.plain_values); a
+# column with any other value goes the general way below, value by value. Ids and amounts follow
+# the drop format's rules (drop_format.id_values, MAX_EUROS), the ones the load applies.
 
 
 @_memo
 def _plain_numbers(s: pd.Series) -> pd.Series | None:
-    """Floats (NaN for empty) if every value is a plain number, else None."""
-    return plain_values(s, _PLAIN_NUMBER, False, pa.float64())
+    """Floats (NaN for empty) if every value is a plain amount, else None."""
+    return plain_values(s, PLAIN_EUROS, False, pa.float64())
+
+
+@_memo
+def _id_values(s: pd.Series) -> pd.Series:
+    """Int64 ids, exactly (<NA> for empty or not an id)."""
+    return id_values(s)
 
 
 @_memo
@@ -94,20 +101,17 @@ def _passes_in_plain_form(kind: str, s: pd.Series) -> bool:
     true (``_check_values`` does not compute them)."""
     if kind in ("ts", "ts_opt"):
         values = _plain_instants(s)
-    elif kind in ("pk", "id", "id_opt", "price", "amount"):
-        values = _plain_numbers(s)
-        # ids are whole (15 digits are below 2**53); amounts below 1e12
-        if values is not None:
-            fine = values == np.floor(values) if kind in ("pk", "id", "id_opt") else values < 1e12
-            values = values if (fine | values.isna()).all() else None
+    elif kind in ("pk", "id", "id_opt"):
+        values = plain_values(s, PLAIN_ID, False, pa.int64())
+    elif kind in ("price", "amount"):
+        values = _plain_numbers(s)  # twelve digits before the point: below MAX_EUROS
     else:
         return False
     return values is not None and (kind in ("ts_opt", "id_opt", "price") or not values.isna().any())
 
 
 def _ok_id(s):
-    t, v = _strip(s), _numbers(s)
-    return (t == "") | (v.notna() & (v >= 0) & (v == np.floor(v)) & (v < 2 ** 53))
+    return (_strip(s) == "") | _id_values(s).notna()
 
 
 def _ok_required(s):
@@ -165,7 +169,7 @@ def _ok_date(s):
 
 def _ok_amount_type(s):
     t, v = _strip(s), _numbers(s)
-    return (t == "") | (v.notna() & np.isfinite(v) & (v.abs() < 1e12))
+    return (t == "") | (v.notna() & np.isfinite(v) & (v.abs() < MAX_EUROS))
 
 
 def _ok_not_negative(s):
@@ -253,7 +257,7 @@ def _check_values(table: str, frame: pd.DataFrame, report: Report) -> None:
                    for col, checks in masks.items()}
     id_col = ID_COLUMN.get(table)
     if id_col in frame.columns:
-        ids = _numbers(frame[id_col])
+        ids = _id_values(frame[id_col])
         dup = ids.duplicated(keep="first") & ids.notna()
         if dup.any():
             report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": id_col,
@@ -262,7 +266,7 @@ def _check_values(table: str, frame: pd.DataFrame, report: Report) -> None:
     if table == "physio_hours" and all(c in frame.columns for c in key):
         # the roster's primary key: the refresh's insert would fail on the second block
         blocks = pd.DataFrame({c: _strip(frame[c]) for c in key})
-        blocks["physio_id"] = _numbers(frame["physio_id"])
+        blocks["physio_id"] = _id_values(frame["physio_id"])
         dup = blocks.duplicated(keep="first") & blocks["physio_id"].notna()
         if dup.any():
             report.add("id.duplicate_in_drop", [{"file": file, "line": int(line), "column": "start_time",
