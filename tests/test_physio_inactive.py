@@ -88,3 +88,24 @@ def test_validate_db_names_bookings_from_today_on(corpus_db, capsys):
     assert main(["validate", "--db"]) == 1
     out = capsys.readouterr().out
     assert "physio.inactive: 1 row(s)" in out and "appointment_id=204" in out
+
+
+def test_validate_db_names_bookings_after_the_day_the_roster_ends(corpus_db, tmp_path):
+    """A drop that marks him inactive ends his roster after D (roster history): a booking after D
+    stays an error once its day has passed; one on D, his last day, is not."""
+    folder = _drop(tmp_path, "1,Anna Berg,1\n2,Jonas Keller,0\n")
+    lines = (folder / "appointments.csv").read_text().splitlines()
+    # 202 stays booked on D (his last day) instead of completed; its payment goes with that
+    lines[3] = lines[3].replace(",completed,", ",booked,")
+    (folder / "appointments.csv").write_text("\n".join(lines) + "\n")
+    payments = (folder / "payments.csv").read_text().splitlines()
+    (folder / "payments.csv").write_text("\n".join(p for p in payments if ",202," not in p) + "\n")
+    refresh_day(DAY, corpus_db, folder=folder)
+    with corpus_db.connect() as conn:
+        last = {str(v)[:10] for (v,) in conn.exec_driver_sql("SELECT valid_to FROM physio_hours WHERE physio_id = 2")}
+    assert last == {DAY}
+    for now in (dt.datetime(2026, 3, 30, 6, tzinfo=dt.timezone.utc),  # the morning of D
+                dt.datetime(2026, 4, 10, 8, tzinfo=dt.timezone.utc)):  # 2 April has passed
+        report = validate_db(corpus_db, record=False, now=now)
+        assert [(e["appointment_id"], e["local_date"]) for e in report.checks["physio.inactive"].examples] \
+            == [(204, "2026-04-02")], now

@@ -53,7 +53,7 @@ _DEFS = [
     ("orphan.patient", ERROR, (DROP, DB), "an appointment whose patient is in neither the drop nor the database"),
     ("orphan.physio", ERROR, (DROP, DB), "an appointment (or roster row) whose physio is in neither the drop nor the database"),
     ("orphan.appointment", ERROR, (DROP, DB), "a payment whose appointment is unknown, or that would lose its appointment because the drop removes it"),
-    ("physio.inactive", ERROR, (DROP, DB), "a booked appointment with a physio who has left (active 0): after D in a drop (the drop's physios.csv says who is active, else the database; D's own appointments, their last day, pass), from today on in the database; reminders and the callback list would name them: reassign or cancel it"),
+    ("physio.inactive", ERROR, (DROP, DB), "a booked appointment with a physio who has left (active 0): after D in a drop (the drop's physios.csv says who is active, else the database; D's own appointments, their last day, pass), in the database after the physio's last day (the day their roster ends; today when it never ended there); reminders and the callback list would name them: reassign or cancel it"),
     ("overlap.physio", ERROR, (DROP, DB), "one physio with two non-canceled appointments at the same time"),
     ("overlap.patient", ERROR, (DROP, DB), "one patient in two non-canceled appointments at the same time"),
     ("time.end_before_start", ERROR, (DROP, DB), "appt_end is not after appt_start (roster: end_time not after start_time)"),

@@ -196,13 +196,27 @@ def _db_tasks(report: Report, enforced: set[str], sqlite: bool, params: dict, to
     tasks.append(small_tables)
 
     def inactive_physios(conn, out: Report):
-        # booked from today on with a physio who has left (the local_date index, then the physio)
-        cond = f"""a.status = 'booked' AND a.local_date >= {_date_param_for(sqlite, 'today')}
-                   AND EXISTS (SELECT 1 FROM physios p WHERE p.physio_id = a.physio_id AND p.active = 0)"""
-        n = conn.execute(sa.text(f"SELECT COUNT(*) FROM appointments a WHERE {cond}"), {"today": today}).scalar()
+        # booked after the physio's last day: the day their roster ends (roster history), or, for a
+        # physio whose roster never ended there, today. The few leavers first, so that the
+        # appointments are read by the local_date index from the earliest such day on.
+        last_days = conn.execute(sa.text("""SELECT p.physio_id,
+                (SELECT MAX(h.valid_to) FROM physio_hours h WHERE h.physio_id = p.physio_id
+                 HAVING COUNT(*) = COUNT(h.valid_to)) FROM physios p WHERE p.active = 0""")).all()
+        if not last_days:
+            return
+        yesterday = (dt.date.fromisoformat(today) - dt.timedelta(days=1)).isoformat()
+        first = min([str(last)[:10] for _, last in last_days if last is not None] + [yesterday])
+        ids = ", ".join(str(int(p)) for p, _ in last_days)
+        cond = f"""a.status = 'booked' AND a.local_date > {_date_param_for(sqlite, 'first')}
+                   AND a.physio_id IN ({ids})
+                   AND a.local_date > COALESCE((SELECT MAX(h.valid_to) FROM physio_hours h
+                       WHERE h.physio_id = a.physio_id HAVING COUNT(*) = COUNT(h.valid_to)),
+                       {_date_param_for(sqlite, 'yesterday')})"""
+        params = {"first": first, "yesterday": yesterday}
+        n = conn.execute(sa.text(f"SELECT COUNT(*) FROM appointments a WHERE {cond}"), params).scalar()
         if n:
             rows = _rows(conn, f"""SELECT a.appointment_id, a.physio_id AS value, a.local_date FROM appointments a
-                WHERE {cond} ORDER BY a.appointment_id LIMIT {MAX_EXAMPLES}""", today=today)
+                WHERE {cond} ORDER BY a.appointment_id LIMIT {MAX_EXAMPLES}""", **params)
             out.add("physio.inactive", [{"table": "appointments", "column": "physio_id", **r} for r in rows], count=n)
     tasks.append(inactive_physios)
 
