@@ -127,6 +127,28 @@ def test_missing_drop_on_a_roster_day_names_the_day_and_runs_nothing(project_env
     e.dispose()
 
 
+def test_one_roster_day_without_its_drop_says_what_to_do(project_env):
+    """--day D without D's drop on a roster day: the same words as a range, with --empty-day."""
+    data = project_env / "data"
+    one_visit_drop(data, "2026-02-09", 1)
+    assert run_daily("--day", "2026-02-09", *VALIDATE_REFRESH).returncode == 0
+    e = engine()
+    before = db.content_hash(e)
+    out = run_daily("--day", "2026-02-10", *VALIDATE_REFRESH)
+    assert out.returncode == 2, out.stderr
+    message = out.stderr.strip().splitlines()[-1]
+    assert message.startswith("run_daily.py: no drop for 2026-02-10 (Tuesday), a day on the roster; "
+                              "nothing of the day was run.")
+    assert str(data / "daily" / "2026-02-10") in message and message.endswith("run it with --empty-day")
+    assert "Traceback" not in out.stderr and db.content_hash(e) == before
+    assert not (project_env / "outputs" / "runs" / "2026-02-10").exists()
+    out = run_daily("--day", "2026-02-10", *VALIDATE_REFRESH, "--empty-day")
+    assert out.returncode == 0, out.stderr
+    assert state(project_env, "2026-02-10")["refresh"]["note"] == \
+        "no drop: the clinic was closed (--empty-day / --closed)"
+    e.dispose()
+
+
 def test_empty_drops_of_closed_days_need_closed_or_empty_day(project_env):
     """An export that ran on a closed roster day holds no rows: refused unless the day is named."""
     data = project_env / "data"

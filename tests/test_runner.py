@@ -55,11 +55,12 @@ def test_refresh_step_leaves_executed_notebook(project_env):
 def test_failing_step_names_step_error_and_notebook(project_env):
     engine = db.make_engine(os.environ["DATABASE_URL"])
     before = db.content_hash(engine)
-    out = run_daily("--day", "2026-02-11", "--steps", "refresh")  # no drop folder for that day
+    (project_env / "data" / "daily" / "2026-02-11").mkdir(parents=True)  # a drop folder without its files
+    out = run_daily("--day", "2026-02-11", "--steps", "refresh")
     assert out.returncode == 1
     record = project_env / "outputs" / "runs" / "2026-02-11" / "02_refresh.ipynb"
     assert "step 'refresh' failed" in out.stderr
-    assert "folder is missing" in out.stderr
+    assert "file is missing" in out.stderr
     assert str(record) in out.stderr
     last = out.stderr.strip().splitlines()[-1]  # one closing message naming step, error, notebook
     assert last.startswith("run_daily.py: day 2026-02-11, step 'refresh' failed: DropError:") and str(record) in last

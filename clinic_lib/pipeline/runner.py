@@ -255,10 +255,13 @@ def run_day(day, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False, quie
     from clinic_lib.core import db
     day = parse_day(day)
     engine = engine or db.make_engine()
+    wants_drop = bool({"validate", "refresh"} & set(steps))
+    no_drop = no_drop_reason(day, engine, empty_day) if wants_drop else None
+    if wants_drop and no_drop is None and not has_drop(day):
+        raise CannotRun(_missing_roster_days_message([day], range_=False))
     out_dir = run_dir(day)
     state = prepare_run_dir(day)
     result = RunResult(day)
-    no_drop = no_drop_reason(day, engine, empty_day) if {"validate", "refresh"} & set(steps) else None
     evening = Evening(day, engine, empty_day, no_drop)
     for index, step in enumerate(STEPS, start=1):
         if step.name not in steps:
@@ -379,14 +382,14 @@ def no_drop_reason(day, engine, closed: bool) -> str | None:
     return None
 
 
-def _missing_roster_days_message(days: list[dt.date]) -> str:
+def _missing_roster_days_message(days: list[dt.date], range_: bool = True) -> str:
     named = ", ".join(f"{d} ({d:%A})" for d in days)
     listed = ",".join(str(d) for d in days)
     folders = ", ".join(str(get_settings().drop_dir(d)) for d in days)
+    closed = f"name {'it' if len(days) == 1 else 'them'}: --closed {listed}" if range_ else "run it with --empty-day"
     return (f"no drop for {named}, {'a day' if len(days) == 1 else 'days'} on the roster; nothing of the "
-            f"range was run. Put the export of {'that day' if len(days) == 1 else 'those days'} in "
-            f"{folders} (re-export it from the practice software), or, if the clinic was closed, "
-            f"name {'it' if len(days) == 1 else 'them'}: --closed {listed}")
+            f"{'range' if range_ else 'day'} was run. Put the export of {'that day' if len(days) == 1 else 'those days'} "
+            f"in {folders} (re-export it from the practice software), or, if the clinic was closed, {closed}")
 
 
 def run_range(first, last, steps: tuple[str, ...] = STEP_NAMES, resume: bool = False,
