@@ -20,11 +20,9 @@ import argparse
 import logging
 import sys
 
-from clinic_lib.pipeline import kernels
-
-from clinic_lib.pipeline import runner
 from clinic_lib.core.errors import UserError
 from clinic_lib.core.timeutil import BadDate, parse_day
+from clinic_lib.pipeline import kernels, runner
 
 
 def _day(text: str):

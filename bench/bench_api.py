@@ -44,12 +44,12 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_TODAY, Results, loaded_sqlite, table  # noqa: E402
-
 from clinic_lib.core import db  # noqa: E402
-from clinic_lib.reception import users  # noqa: E402
 from clinic_lib.core.clinic_days import next_clinic_day  # noqa: E402
+from clinic_lib.reception import users  # noqa: E402
 from clinic_lib.reception.priorities import build_priorities, day_param  # noqa: E402
+
+from common import BENCH_TODAY, Results, loaded_sqlite, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-" + "x" * 20

@@ -40,6 +40,7 @@ def use_outputs(folder: Path, url: str, data: Path) -> None:
 def kernel_start_seconds(repeat: int = 3) -> float:
     """papermill on a one-cell notebook: what each step pays before its own work."""
     import nbformat
+
     from clinic_lib.pipeline.runner import execute_notebook
     with tempfile.TemporaryDirectory() as tmp:
         nb = nbformat.v4.new_notebook()
@@ -60,8 +61,8 @@ def monitoring_step_seconds(url: str, day: str, repeat: int = 3) -> tuple[float,
     before it: (median seconds, scores in the window, days whose row the step computed)."""
     from clinic_lib.core import db
     from clinic_lib.modeling.monitoring import LOOKBACK_DAYS, update_monitoring
-    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.predict import load_model
+    from clinic_lib.modeling.retraining import retrain_decision
     engine = db.make_engine(url)
     version = load_model()["model_version"]
     d = dt.date.fromisoformat(day)

@@ -139,8 +139,8 @@ def in_browser(url: str, repeat: int, settle: float = 30.0, screenshot: Path | N
                idle_gap: float | None = None) -> tuple[list[tuple], list[tuple]]:
     from playwright.sync_api import sync_playwright
 
-    from clinic_lib.dashboard import page as dashboard
     from clinic_lib.core.config import get_settings
+    from clinic_lib.dashboard import page as dashboard
     port = _free_port()
     env = dashboard.voila_env(dict(os.environ, DATABASE_URL=url))
     cell_timeout = get_settings().dashboard_cell_timeout

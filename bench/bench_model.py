@@ -181,8 +181,8 @@ def bench_real(tmp: Path, k: int, settings: bool):
 
 def _demo_db(tmp: Path, scale: int) -> str:
     from clinic_lib.core import db
-    from clinic_lib.ingest.demo import generate_demo
     from clinic_lib.core.migrate import migrate
+    from clinic_lib.ingest.demo import generate_demo
     from clinic_lib.ingest.refresh import load_raw
     url = f"sqlite:///{tmp / f'demo{scale}.db'}"
     _env(tmp, "Europe/Berlin", url)
@@ -284,8 +284,9 @@ def _child(script: str, url: str, outputs: Path, as_of: str) -> dict:
 
 
 def bench_demo20(tmp: Path):
-    from clinic_lib.core import db
     import sqlalchemy as sa
+
+    from clinic_lib.core import db
     url = _demo_db(tmp, 20)
     with db.make_engine(url).connect() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(db.appointments)).scalar()

@@ -47,12 +47,12 @@ def main() -> int:
                        "CLINIC_TZ": "Europe/Berlin"})
     from clinic_lib.core import db
     from clinic_lib.core.clinic_days import next_clinic_day
-    from clinic_lib.modeling.monitoring import LOOKBACK_DAYS, rolling_figures, update_monitoring
-    from clinic_lib.modeling.retraining import retrain_decision
-    from clinic_lib.modeling.predict import score_day
-    from clinic_lib.reception.priorities import build_priorities
     from clinic_lib.ingest.refresh import refresh_day
+    from clinic_lib.modeling.monitoring import LOOKBACK_DAYS, rolling_figures, update_monitoring
+    from clinic_lib.modeling.predict import score_day
+    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.train import train
+    from clinic_lib.reception.priorities import build_priorities
 
     engine = db.make_engine(url)
     drops = sorted(p.name for p in (data / "daily").iterdir())

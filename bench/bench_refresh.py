@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CACHE, Results, demo_data, empty_sqlite, loaded_sqlite, table, timed  # noqa: E402
-
 from sqlalchemy.dialects import sqlite as sqlite_dialect  # noqa: E402
 from sqlalchemy.schema import CreateIndex  # noqa: E402
 
 from clinic_lib.core import db  # noqa: E402
 from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER  # noqa: E402
 from clinic_lib.ingest.refresh import LOAD_ORDER, load_raw, refresh_day  # noqa: E402
+
+from common import CACHE, Results, demo_data, empty_sqlite, loaded_sqlite, table, timed  # noqa: E402
 
 
 def sqlite_alone(source: Path) -> float:

@@ -251,9 +251,9 @@ def _new_password(a) -> str:
 
 
 def cmd_user(a):
-    from clinic_lib.reception import users
     from clinic_lib.core.db import make_engine
     from clinic_lib.core.migrate import ensure_schema
+    from clinic_lib.reception import users
     engine = make_engine()
     ensure_schema(engine)
     if a.action == "list":

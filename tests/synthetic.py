@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from clinic_lib.core import db
-from clinic_lib.modeling.features import with_all_columns
-from clinic_lib.ingest.refresh import bulk_insert
 from clinic_lib.core.timeutil import series_local_date, series_to_utc_text
+from clinic_lib.ingest.refresh import bulk_insert
+from clinic_lib.modeling.features import with_all_columns
 
 
 def synthetic_frames(seed: int = 0, patients: int = 300, days: int = 120, end: dt.date | None = None,

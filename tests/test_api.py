@@ -11,14 +11,16 @@ import jsonschema
 import pytest
 import schemathesis
 import sqlalchemy as sa
-from hypothesis import HealthCheck, settings as hsettings
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
 from schemathesis import GenerationMode
 
 from clinic_lib.core import db
-from clinic_lib.reception.api import check_bind, create_app, create_server, openapi_spec
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.errors import CannotRun
+from clinic_lib.reception.api import check_bind, create_app, create_server, openapi_spec
 from clinic_lib.reception.priorities import build_priorities
+
 from reception_data import DAY, add_model_scores, load_clinic
 
 TOKEN = "test-token-0123456789"
@@ -197,6 +199,7 @@ def test_without_day_the_next_clinic_day(client):
 def test_offset_transitions():
     import datetime as dt
     from zoneinfo import ZoneInfo
+
     from clinic_lib.reception.api import offset_transitions
     changes, offsets = offset_transitions(ZoneInfo("Europe/Berlin"), dt.date(2026, 6, 1))
     utc = dt.timezone.utc

@@ -11,8 +11,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-import common  # noqa: E402
 import report  # noqa: E402
+
+import common  # noqa: E402
 
 
 def results(tmp_path, name="refresh", loop=0.30, run_id="run-1"):

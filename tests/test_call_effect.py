@@ -10,8 +10,17 @@ import pytest
 
 from clinic_lib.core import db
 from clinic_lib.modeling.call_effect import (
-    OBSERVATIONAL_NOTE, assign_bands, band_cuts, band_labels, call_list_rows, holdout_effect, mantel_haenszel,
-    observational_table, strata_counts)
+    OBSERVATIONAL_NOTE,
+    assign_bands,
+    band_cuts,
+    band_labels,
+    call_list_rows,
+    holdout_effect,
+    mantel_haenszel,
+    observational_table,
+    strata_counts,
+)
+
 from reception_data import load_clinic
 
 S1 = dt.date(2026, 3, 30)

@@ -15,6 +15,7 @@ import pytest
 
 from clinic_lib.core import db
 from clinic_lib.core.config import PROJECT_ROOT
+
 from drops import HOURS, appt, pay, rows, write_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")

@@ -57,6 +57,7 @@ def test_relative_folders_are_relative_to_project_root(monkeypatch):
 
 def test_call_holdout_share_is_checked_when_settings_are_read(monkeypatch):
     import pytest
+
     from clinic_lib.core.config import ConfigError
     monkeypatch.delenv("CALL_HOLDOUT_SHARE", raising=False)
     assert get_settings().call_holdout_share == 0.0  # off by default

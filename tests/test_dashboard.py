@@ -9,12 +9,12 @@ import re
 import pandas as pd
 import pytest
 
-import kpi_fixture as fx
+from clinic_lib.dashboard import freshness, kpis
 from clinic_lib.dashboard import page as dashboard
-from clinic_lib.dashboard import kpis
-from clinic_lib.dashboard import freshness
-from clinic_lib.ingest.refresh import log_etl_run
 from clinic_lib.dashboard.view import card_value, cards_html
+from clinic_lib.ingest.refresh import log_etl_run
+
+import kpi_fixture as fx
 
 PAYLOAD = '<img src=x onerror="alert(1)">'
 
@@ -199,8 +199,8 @@ def test_model_in_practice_per_week(engine, tmp_path, monkeypatch):
 def test_the_preheated_kernel_brings_the_model_section(engine, db_url, tmp_path, monkeypatch):
     """prepare() computes the section as of today; build() shows it with the first render when the
     data did not change (otherwise a thread fills it after the first render)."""
-    from clinic_lib.core.timeutil import today_local
     from clinic_lib.core.config import get_settings
+    from clinic_lib.core.timeutil import today_local
     monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
     monkeypatch.setenv("CLINIC_OUTPUTS_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("DATABASE_URL", db_url)

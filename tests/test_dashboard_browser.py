@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-import kpi_fixture as fx
-from clinic_lib.dashboard import page as dashboard
 from clinic_lib.core import db
-from clinic_lib.dashboard import kpis
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.migrate import migrate
+from clinic_lib.dashboard import kpis
 from clinic_lib.dashboard.view import CARDS, card_value
+
+import kpi_fixture as fx
 
 # one worker runs this module: its server and browser are built once for all its tests
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("test_dashboard_browser")]

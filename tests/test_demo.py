@@ -15,11 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
 from clinic_lib.ingest import refresh
-from clinic_lib.ingest.drop_format import COLUMNS, read_csv_text
 from clinic_lib.ingest.demo import generate_demo
 from clinic_lib.ingest.demo_world import build_world
+from clinic_lib.ingest.drop_format import COLUMNS, read_csv_text
 
 # one worker runs this module: its demo clinics are built once for all its tests
 pytestmark = pytest.mark.xdist_group("test_demo")
@@ -396,6 +395,7 @@ def test_bad_call_history_stops_the_load_and_writes_nothing(demo, tmp_path, engi
 
 def test_call_effect_notebook_on_the_demo(loaded, tmp_path):
     import papermill as pm
+
     from clinic_lib.core.config import PROJECT_ROOT
     out = tmp_path / "call_effect_out.ipynb"
     pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "call_effect.ipynb"), str(out),
@@ -410,6 +410,7 @@ def _planted_rows(odds_ratio: float, seed: int):
     """A 4x clinic (32 physios, two years) whose lists hold the 40 highest risks of each clinic
     day: the simulated lists as the analysis reads them, and the planted truth."""
     from zoneinfo import ZoneInfo
+
     from clinic_lib.modeling.call_effect import assign_bands
     today = dt.date(2026, 11, 24)
     w = build_world(seed, today, physios=32, patients=12800, days_history=730, days_ahead=7,

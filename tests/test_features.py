@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from clinic_lib.modeling import features as F
+
 from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")

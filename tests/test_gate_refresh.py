@@ -16,16 +16,13 @@ from typing import Callable
 
 import pytest
 
-from clinic_lib.ingest import drop_format as dataset
-
 from clinic_lib.core import db
-
-from clinic_lib.ingest import refresh
-
-from clinic_lib.validation.drop import validate_drop
-from clinic_lib.validation.checks import ERROR, NO_ROWS_FOR_DAY
 from clinic_lib.core.errors import CannotRun, UserError
+from clinic_lib.ingest import drop_format as dataset
+from clinic_lib.ingest import refresh
 from clinic_lib.ingest.refresh import load_raw, refresh_day
+from clinic_lib.validation.checks import ERROR, NO_ROWS_FOR_DAY
+from clinic_lib.validation.drop import validate_drop
 
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
 DAY, NEXT_DAY = "2026-03-30", "2026-03-31"

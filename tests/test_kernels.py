@@ -12,10 +12,8 @@ import time
 import nbformat
 import pytest
 
-from clinic_lib.pipeline import kernels
-
-from clinic_lib.pipeline import runner
 from clinic_lib.core.config import PROJECT_ROOT
+from clinic_lib.pipeline import kernels, runner
 
 TCP_WARNING = "Kernel is running over TCP without encryption"
 
@@ -57,10 +55,10 @@ def test_kernel_warning_only_on_plain_tcp(tmp_path, capfd, monkeypatch, ipc, cur
 
 
 def test_clean_run_prints_only_its_progress(tmp_path):
-    from drops import write_day_drop
-
     from clinic_lib.core import db
     from clinic_lib.core.migrate import migrate
+
+    from drops import write_day_drop
     url = f"sqlite:///{tmp_path / 'clinic.db'}"
     migrate(db.make_engine(url))
     write_day_drop(tmp_path / "data")

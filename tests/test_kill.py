@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from clinic_lib.core import db
 from clinic_lib.core.config import PROJECT_ROOT
 from clinic_lib.core.migrate import migrate
+
 from drops import DAY, DAY_APPOINTMENTS, write_day_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")

@@ -8,13 +8,12 @@ import datetime as dt
 
 import pytest
 
-import kpi_fixture as fx
 from clinic_lib.core import db
-from clinic_lib.dashboard import kpis
-from clinic_lib.dashboard import freshness
-from clinic_lib.dashboard import kpi_frames
 from clinic_lib.core.migrate import migrate
+from clinic_lib.dashboard import freshness, kpi_frames, kpis
 from clinic_lib.dashboard.view import CARDS, card_value, format_value
+
+import kpi_fixture as fx
 
 S, E = fx.RANGE
 AS_OF = fx.AS_OF
@@ -187,6 +186,7 @@ def test_bad_range_is_refused(engine):
 def explain_range_queries(bind, start, end=None, physio_id=None, as_of=None) -> dict[str, str]:
     """EXPLAIN (QUERY PLAN on SQLite) of the KPIs' range queries: {query name: plan text}."""
     import sqlalchemy as sa
+
     from clinic_lib.core.config import get_settings
     from clinic_lib.dashboard.kpis import _connect, _daily_sql, _rebooking_sql, scope
     s = scope(start, end, physio_id, as_of)
@@ -294,10 +294,10 @@ def test_preheated_work_is_used_only_while_the_data_is_unchanged(clinic, db_url,
     # refresh in between (an etl_runs row) makes the page compute afresh: no stale numbers.
     import dataclasses
 
-    from clinic_lib.dashboard import page as dashboard
     from clinic_lib.core.config import get_settings
-    from clinic_lib.ingest.refresh import log_etl_run
     from clinic_lib.core.timeutil import today_local
+    from clinic_lib.dashboard import page as dashboard
+    from clinic_lib.ingest.refresh import log_etl_run
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     warm = dashboard.prepare()

@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
+from clinic_lib.core.migrate import migrate
 from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.ingest.drop_format import DropError
-from clinic_lib.core.migrate import migrate
 from clinic_lib.ingest.refresh import bulk_insert, first_broken_rule, load_raw
+
 from drops import HOURS, appt, kill_when_halfway, pay, rows, write_drop
 
 RAW_APPOINTMENTS = [

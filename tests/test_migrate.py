@@ -330,8 +330,9 @@ def test_roster_history_arrives_after_versions_5_and_7(db_url):
     """Migration 4 (roster history) reaches a database that already has 5 and 7: its blocks stay,
     open-ended, except the blocks of a physio who has left, which end on the day of their last
     appointment; afterwards a block may hold twice over different days."""
-    import reception_data
     from clinic_lib.core.migrate import applied_versions
+
+    import reception_data
     engine = db.make_engine(db_url)
     migrate(engine)
     reception_data.load_clinic(engine)

@@ -20,9 +20,18 @@ from clinic_lib.core import db
 from clinic_lib.modeling import features as F
 from clinic_lib.modeling import models as M
 from clinic_lib.modeling.monitoring import (
-    HOLDOUT_KEYS, holdout_estimate, list_query, monitoring_table, recompute_monitoring, roc_auc,
-    rolling_figures, scored_query, update_monitoring, weekly_figures)
+    holdout_estimate,
+    list_query,
+    monitoring_table,
+    recompute_monitoring,
+    roc_auc,
+    rolling_figures,
+    scored_query,
+    update_monitoring,
+    weekly_figures,
+)
 from clinic_lib.modeling.retraining import retrain_decision, retrain_reason
+
 from reception_data import _appt, load_clinic
 
 S1, S2, S3 = dt.date(2026, 3, 30), dt.date(2026, 3, 31), dt.date(2026, 4, 1)
@@ -145,6 +154,7 @@ def test_days_a_drop_rewrote_are_found_outside_the_window(clinic):
 def test_a_late_drop_replaces_the_days_row(engine, clinic_env):
     """Through the real refresh: day D's drop, D's row; a corrected drop of D, D's row replaced."""
     from clinic_lib.ingest.refresh import refresh_day
+
     from drops import DAY, DAY_APPOINTMENTS, appt, write_day_drop
     data = clinic_env / "data"
     write_day_drop(data)  # 1 completed, 2 no-show, 3 canceled 17 h before (late), 4 booked for next week
@@ -251,6 +261,7 @@ def test_retrain_reason_says_why():
 def test_retrain_decision_reads_the_saved_model(clinic, clinic_env, monkeypatch):
     """The gathering around the pure rule: the saved model's age, its own scores, its estimate."""
     import sklearn
+
     from clinic_lib.core.config import get_settings
     model_dir = get_settings().model_dir
     model_dir.mkdir(parents=True)

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib.core import db
-
-from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.cli import main as cli_main
+from clinic_lib.core import db
 from clinic_lib.core.errors import CannotRun, UserError
+from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.ingest.noshow import import_noshow, patient_ids
 
 SAMPLE = Path(__file__).parent / "data" / "noshow_sample.csv"

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from clinic_lib.core import db
-
-from clinic_lib.validation.database import validate_db
-
-from clinic_lib.validation.drop import validate_drop
 from clinic_lib.cli import main
+from clinic_lib.core import db
 from clinic_lib.ingest.refresh import load_raw, refresh_day
+from clinic_lib.validation.database import validate_db
+from clinic_lib.validation.drop import validate_drop
 
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
 DAY = "2026-03-30"

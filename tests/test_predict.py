@@ -9,15 +9,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib.core import db
-
-from clinic_lib.modeling import features as F
-
-from clinic_lib.modeling import predict as P
-
-from clinic_lib.modeling import train as T
 from clinic_lib.cli import main as cli_main
+from clinic_lib.core import db
 from clinic_lib.core.errors import CannotRun
+from clinic_lib.modeling import features as F
+from clinic_lib.modeling import predict as P
+from clinic_lib.modeling import train as T
+
 from synthetic import load_synthetic
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -161,6 +159,7 @@ def test_score_notebook_runs_with_papermill(trained, clinic_env, db_url, tmp_pat
     if not db_url.startswith("sqlite"):
         pytest.skip("one notebook run is enough")
     import papermill as pm
+
     from clinic_lib.core.config import PROJECT_ROOT
     nb = PROJECT_ROOT / "notebooks" / "score.ipynb"
     pm.execute_notebook(str(nb), str(tmp_path / "score_out.ipynb"), parameters={"day": "2026-03-20"},

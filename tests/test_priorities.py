@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from clinic_lib.core import db
 from clinic_lib.core.clinic_days import next_clinic_day
 from clinic_lib.core.config import get_settings
-from clinic_lib.reception.priorities import build_priorities, heuristic_risk
 from clinic_lib.core.timeutil import BadDate
+from clinic_lib.reception.priorities import build_priorities, heuristic_risk
+
 from reception_data import DAY, add_model_scores, load_clinic
 
 
@@ -171,6 +172,7 @@ def test_cli_priorities(sqlite_clinic, capsys):
 
 def test_priorities_notebook_with_parameters_only(sqlite_clinic, tmp_path):
     import papermill as pm
+
     from clinic_lib.core.config import PROJECT_ROOT
     out = tmp_path / "priorities_out.ipynb"
     pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "priorities.ipynb"), str(out),

@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
+from clinic_lib.core.config import get_settings
 from clinic_lib.reception import users
 from clinic_lib.reception.api import create_app, create_server
-from clinic_lib.core.config import get_settings
 from clinic_lib.reception.priorities import build_priorities
+
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
 # one worker runs this module: its server and browser are built once for all its tests

@@ -4,26 +4,26 @@ CSRF, and the bad-input list. The same screen in Chromium: test_reception_browse
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import os
 import re
 import stat
 import threading
 import time
-import http.client
 from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
-from clinic_lib.reception import users
-from clinic_lib.reception.api import create_app, create_server
 from clinic_lib.core.clinic_days import next_clinic_day
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.errors import CannotRun
-from clinic_lib.reception.priorities import build_priorities
 from clinic_lib.core.timeutil import today_local
+from clinic_lib.reception import users
+from clinic_lib.reception.api import create_app, create_server
+from clinic_lib.reception.priorities import build_priorities
+
 from reception_data import DAY, PASSWORDS, add_model_scores, add_users, load_clinic
 
 TOKEN = "test-token-0123456789"

@@ -9,8 +9,19 @@ import pytest
 from clinic_lib.core import db
 from clinic_lib.ingest.drop_format import DropError
 from clinic_lib.ingest.refresh import RefreshError, refresh_day
-from drops import (DAY, DAY_APPOINTMENTS, HOURS, appt, kill_when_halfway, pay, rows,
-                   write_day_drop, write_drop, write_table)
+
+from drops import (
+    DAY,
+    DAY_APPOINTMENTS,
+    HOURS,
+    appt,
+    kill_when_halfway,
+    pay,
+    rows,
+    write_day_drop,
+    write_drop,
+    write_table,
+)
 
 
 def last_etl(engine):

@@ -12,6 +12,7 @@ from aiosmtpd.controller import Controller
 
 from clinic_lib.core import db
 from clinic_lib.reception.reminders import DeliveryError, TemplateError, send_reminders
+
 from reception_data import DAY, load_clinic
 
 
@@ -153,6 +154,7 @@ def test_header_injection_and_invalid_address(engine, clinic_env):
 
 def test_cli_and_notebook(tmp_path, monkeypatch, sqlite_url, capsys):
     import papermill as pm
+
     from clinic_lib.cli import main
     from clinic_lib.core.config import PROJECT_ROOT
     from clinic_lib.core.migrate import migrate

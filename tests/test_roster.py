@@ -8,15 +8,13 @@ import datetime as dt
 
 import pandas as pd
 
-from clinic_lib.core import db
-
-from clinic_lib.dashboard import kpis
-
-from clinic_lib.core import roster
+from clinic_lib.core import db, roster
 from clinic_lib.core.clinic_days import next_clinic_day
-from clinic_lib.ingest.refresh import load_raw, refresh_day
 from clinic_lib.core.roster import Block
+from clinic_lib.dashboard import kpis
+from clinic_lib.ingest.refresh import load_raw, refresh_day
 from clinic_lib.validation.drop import validate_drop
+
 from drops import HOURS, PATIENTS, PHYSIOS, appt, rows, write_drop, write_table
 
 D = dt.date

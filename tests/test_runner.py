@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from clinic_lib.core import db
 from clinic_lib.core.config import PROJECT_ROOT
+
 from drops import DAY, write_day_drop
 
 RUN_DAILY = str(PROJECT_ROOT / "run_daily.py")

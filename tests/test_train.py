@@ -15,18 +15,15 @@ import sklearn
 import sqlalchemy as sa
 from sklearn.naive_bayes import GaussianNB
 
-from clinic_lib.core import db
-
-from clinic_lib.modeling import evaluate as E
-
-from clinic_lib.modeling import features as F
-
-from clinic_lib.modeling import models as M
-
-from clinic_lib.modeling import train as T
 from clinic_lib.cli import main as cli_main
+from clinic_lib.core import db
 from clinic_lib.core.errors import UserError
 from clinic_lib.ingest.refresh import bulk_insert
+from clinic_lib.modeling import evaluate as E
+from clinic_lib.modeling import features as F
+from clinic_lib.modeling import models as M
+from clinic_lib.modeling import train as T
+
 from synthetic import load_synthetic, synthetic_frames
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -392,6 +389,7 @@ def test_train_notebook_runs_with_papermill(clinic_env, db_url, tmp_path):
     if not db_url.startswith("sqlite"):
         pytest.skip("one notebook run is enough")
     import papermill as pm
+
     from clinic_lib.core.config import PROJECT_ROOT
     from clinic_lib.core.migrate import migrate
     engine = db.make_engine(db_url)

@@ -10,10 +10,9 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from clinic_lib.core import db
-
-from clinic_lib.reception import users
 from clinic_lib.cli import main
+from clinic_lib.core import db
+from clinic_lib.reception import users
 from clinic_lib.reception.users import AccountError
 
 GOOD = "a long enough password"

@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from clinic_lib.core import db
-
-from clinic_lib.validation.values import KINDS, _MEMO, _passes_in_plain_form
-
-from clinic_lib.validation.report import Report
-
-from clinic_lib.validation import read as validation_read
-from clinic_lib.validation.read import _plain_columns, _read_file
-
-from clinic_lib.validation.drop import validate_drop
-from clinic_lib.validation.checks import DROP
 from clinic_lib.cli import main
+from clinic_lib.core import db
 from clinic_lib.core.errors import UserError
 from clinic_lib.ingest.refresh import load_raw
+from clinic_lib.validation import read as validation_read
+from clinic_lib.validation.checks import DROP
+from clinic_lib.validation.drop import validate_drop
+from clinic_lib.validation.read import _plain_columns, _read_file
+from clinic_lib.validation.report import Report
+from clinic_lib.validation.values import _MEMO, KINDS, _passes_in_plain_form
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
@@ -118,7 +114,8 @@ def test_notebook_is_committed_without_outputs():
 # --- fuzzing -------------------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -200,6 +197,7 @@ def test_fuzz_odd_values_in_a_row(fuzz_db, table, cells):
 def test_fuzz_the_csv_reader(tmp_path_factory, data):
     """dataset.read_csv_text/parse_table (used by the refresh): a frame or a DropError, nothing else."""
     from zoneinfo import ZoneInfo
+
     from clinic_lib.ingest.drop_format import parse_table, read_csv_text
     path = tmp_path_factory.mktemp("r") / "payments.csv"
     path.write_bytes(CLEAN["payments"][:60] + data)
@@ -286,6 +284,7 @@ def test_plain_values_keep_the_columns_index():
     """Frames of a drop are indexed by CSV line: the converted values stay with their lines."""
     import pandas as pd
     import pyarrow as pa
+
     from clinic_lib.ingest.drop_format import plain_values
     column = pd.Series(["7", "", "9"], index=[2, 3, 4], dtype=object).astype(str)
     values = plain_values(column, r"^\d+$", False, pa.int64())

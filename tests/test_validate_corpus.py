@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from clinic_lib.core import db
-
-from clinic_lib.validation.drop import validate_drop
 from clinic_lib.ingest.refresh import load_raw, refresh_day
+from clinic_lib.validation.drop import validate_drop
 
 CORPUS = Path(__file__).resolve().parent / "bad_drops"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())

@@ -8,10 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
 from clinic_lib.validation.checks import CATALOGUE
-
 from clinic_lib.validation.database import validate_db
+
 NOW = "2026-03-30T12:00:00+00:00"
 
 
@@ -137,6 +136,7 @@ def test_sqlite_text_instants_not_in_canonical_form(sqlite_url):
 
 def test_migrated_database_passes_and_trusts_its_constraints(engine, clinic_env):
     from pathlib import Path
+
     from clinic_lib.ingest.refresh import load_raw
     corpus = Path(__file__).resolve().parent / "bad_drops"
     load_raw(engine, folder=corpus / "base")
@@ -150,6 +150,7 @@ def test_migrated_database_passes_and_trusts_its_constraints(engine, clinic_env)
 def test_sqlite_rows_written_around_the_constraints_are_found(sqlite_url):
     """Another tool wrote with PRAGMA foreign_keys=OFF and without the payment trigger."""
     from pathlib import Path
+
     from clinic_lib.core.migrate import migrate
     from clinic_lib.ingest.refresh import load_raw
     engine = db.make_engine(sqlite_url)

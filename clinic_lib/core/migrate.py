@@ -11,15 +11,14 @@ Each migration runs in one transaction with its version row, so a crash leaves t
 """
 from __future__ import annotations
 
-
 import pandas as pd
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-from clinic_lib.ingest.drop_format import OFFSET_PATTERN
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.errors import UserError
 from clinic_lib.core.timeutil import series_local_date, series_to_utc_text, utc_now_text
+from clinic_lib.ingest.drop_format import OFFSET_PATTERN
 
 schema_version = sa.Table(
     "schema_version", sa.MetaData(),

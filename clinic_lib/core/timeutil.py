@@ -11,7 +11,6 @@ import datetime as dt
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-
 from clinic_lib.core.errors import CannotRun
 
 if TYPE_CHECKING:  # annotations only: the column functions import these where they run

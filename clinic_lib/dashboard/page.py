@@ -34,9 +34,7 @@ import sqlalchemy as sa
 
 from clinic_lib.core.config import PROJECT_ROOT, get_settings
 from clinic_lib.core.timeutil import today_local
-from clinic_lib.dashboard import kpis
-from clinic_lib.dashboard import freshness
-from clinic_lib.dashboard import kpi_frames
+from clinic_lib.dashboard import freshness, kpi_frames, kpis
 from clinic_lib.dashboard.state import (
     CHART_CONFIG,
     PLOTLY_MIMETYPE,

@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from clinic_lib.core import db
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.timeutil import BadDate, parse_day, today_local
-from clinic_lib.dashboard import kpis
-from clinic_lib.dashboard import kpi_frames
+from clinic_lib.dashboard import kpi_frames, kpis
 from clinic_lib.dashboard.view import MODEL_WEEKS, TREND_DAYS, ModelView, _age, cards_html, message_html
 
 # --- state: what the database holds ----------------------------------------------------------

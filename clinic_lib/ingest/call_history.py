@@ -107,8 +107,8 @@ def import_call_history(conn, history: dict[str, pd.DataFrame], appointments: pd
                         patients: pd.DataFrame, thresholds) -> int:
     """Write the parsed files into priorities and call_outcomes (the caller's transaction); the
     appointments and patients frames are the load's. Returns the rows written."""
-    from clinic_lib.reception.priorities import HOLDOUT_REASON, _phone_missing, bucket_of
     from clinic_lib.ingest.refresh import bulk_insert
+    from clinic_lib.reception.priorities import HOLDOUT_REASON, _phone_missing, bucket_of
     written = 0
     appts = appointments[["appointment_id", "patient_id", "is_first_visit", "local_date"]]
     lists = history.get("call_lists")

@@ -49,13 +49,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
-from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.core.config import get_settings
-from clinic_lib.ingest.drop_format import ID_COLUMN
 from clinic_lib.core.errors import CannotRun, UserError
 from clinic_lib.core.migrate import ensure_schema
 from clinic_lib.core.timeutil import series_local_date, series_to_utc_text, utc_now_text
+from clinic_lib.ingest import sqlite_ingest
+from clinic_lib.ingest.drop_format import ID_COLUMN
 
 COLUMNS = ["PatientId", "AppointmentID", "Gender", "ScheduledDay", "AppointmentDay", "Age",
            "Neighbourhood", "Scholarship", "Hipertension", "Diabetes", "Alcoholism", "Handcap",
@@ -219,8 +218,8 @@ def convert(raw: pd.DataFrame, tz, file: str = "file") -> tuple[dict[str, pd.Dat
 
 def import_noshow(path, database_url: str | None = None, out: Path | None = None) -> dict:
     """Import the file into a fresh database (``database_url``, else the SQLite file ``out``)."""
-    from clinic_lib.modeling.features import with_all_columns
     from clinic_lib.ingest.refresh import bulk_insert, log_etl_run
+    from clinic_lib.modeling.features import with_all_columns
     settings = get_settings()
     path = Path(path)
     if database_url is None:

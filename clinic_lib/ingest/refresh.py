@@ -24,17 +24,16 @@ import pandas as pd
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-
-from clinic_lib.ingest import sqlite_ingest
 from clinic_lib.core.clinic_days import is_clinic_day
-from clinic_lib.ingest.call_history import import_call_history, read_call_history
-from clinic_lib.validation.checks import NO_ROWS_FOR_DAY
 from clinic_lib.core.config import get_settings
-from clinic_lib.ingest.drop_format import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
 from clinic_lib.core.errors import UserError
 from clinic_lib.core.migrate import SQLITE_PAYMENT_INSERT_TRIGGER, ensure_schema
-from clinic_lib.core.timeutil import parse_day, utc_now_text
 from clinic_lib.core.roster import apply_drop_to_database, end_leavers_rosters
+from clinic_lib.core.timeutil import parse_day, utc_now_text
+from clinic_lib.ingest import sqlite_ingest
+from clinic_lib.ingest.call_history import import_call_history, read_call_history
+from clinic_lib.ingest.drop_format import COLUMNS, ID_COLUMN, DropError, Tables, check_folder, read_folder, read_table
+from clinic_lib.validation.checks import NO_ROWS_FOR_DAY
 
 # Insert order respects foreign keys; deletes go the other way.
 LOAD_ORDER = ("physios", "physio_hours", "patients", "appointments", "payments")

@@ -43,8 +43,8 @@ import sqlalchemy as sa
 
 from clinic_lib.core import db
 from clinic_lib.core.config import Settings, get_settings
-from clinic_lib.modeling.monitoring import list_outcomes
 from clinic_lib.core.timeutil import parse_day
+from clinic_lib.modeling.monitoring import list_outcomes
 
 REACHED = ("reached", "confirmed", "rescheduled", "canceled")  # someone spoke to the patient
 MIN_HELD_OUT = 30  # fewer held-out outcome rows: the estimate is shown with a warning

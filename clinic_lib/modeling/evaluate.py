@@ -28,9 +28,9 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from threadpoolctl import threadpool_limits
 
+from clinic_lib.core.errors import CannotRun
 from clinic_lib.modeling import features as F
 from clinic_lib.modeling import models as M
-from clinic_lib.core.errors import CannotRun
 
 MAX_TRAIN_ROWS = 200_000  # the most recent rows a fit learns from (keeps a 20x clinic in budget)
 MIN_TRAIN_ROWS = 200  # finished appointments before an origin, at the least

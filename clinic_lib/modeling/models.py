@@ -33,8 +33,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from clinic_lib.modeling import features as F
 from clinic_lib.core.errors import UserError
+from clinic_lib.modeling import features as F
 
 MODEL_FORMAT = 2  # the layout of model.joblib: a RiskModel; predict refuses files of another format
 CANDIDATES = ("logreg", "hgb", "blend")

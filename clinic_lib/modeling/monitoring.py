@@ -45,10 +45,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from clinic_lib.core import db
-from clinic_lib.modeling import features as F
 from clinic_lib.core.config import Settings, get_settings
 from clinic_lib.core.migrate import ensure_schema
 from clinic_lib.core.timeutil import parse_day, utc_now_text
+from clinic_lib.modeling import features as F
 
 ROLLING_DAYS = 28  # "the last 4 weeks"
 LOOKBACK_DAYS = 35  # scored days checked for changes after each refresh: the rolling window and a week

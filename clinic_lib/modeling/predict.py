@@ -28,13 +28,13 @@ import pandas as pd
 import sklearn
 
 from clinic_lib.core import db
-from clinic_lib.modeling import features as F
-from clinic_lib.modeling import models as M
 from clinic_lib.core.config import get_settings
 from clinic_lib.core.errors import CannotRun
 from clinic_lib.core.migrate import ensure_schema
-from clinic_lib.ingest.refresh import bulk_insert
 from clinic_lib.core.timeutil import local_day_bounds_utc, parse_day, utc_now_text
+from clinic_lib.ingest.refresh import bulk_insert
+from clinic_lib.modeling import features as F
+from clinic_lib.modeling import models as M
 
 SCORE_COLUMNS = ["day", "appointment_id", "patient_id", "physio_id", "appt_start", "local_time",
                  "risk", "risk_bucket", "model_version"]

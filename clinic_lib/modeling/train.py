@@ -43,15 +43,15 @@ import sqlalchemy as sa
 from threadpoolctl import threadpool_limits
 
 from clinic_lib.core import db
+from clinic_lib.core.clinic_days import evening_day
+from clinic_lib.core.config import get_settings
+from clinic_lib.core.errors import UserError
+from clinic_lib.core.migrate import ensure_schema
+from clinic_lib.core.timeutil import utc_now_text
 from clinic_lib.modeling import evaluate as E
 from clinic_lib.modeling import features as F
 from clinic_lib.modeling import models as M
-from clinic_lib.core.config import get_settings
-from clinic_lib.core.errors import UserError
 from clinic_lib.modeling.evaluate import NotEnoughData
-from clinic_lib.core.migrate import ensure_schema
-from clinic_lib.core.clinic_days import evening_day
-from clinic_lib.core.timeutil import utc_now_text
 
 MIN_FINISHED = 500
 HOLDOUT_STEP_DAYS = 7

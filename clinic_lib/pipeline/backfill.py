@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 import pandas as pd
 import sqlalchemy as sa
 
-from clinic_lib.ingest.refresh import refresh_day
 from clinic_lib.core.timeutil import parse_day
+from clinic_lib.ingest.refresh import refresh_day
 
 
 def days_between(first, last) -> list[dt.date]:
@@ -37,10 +37,10 @@ def replay_evening(day, engine: sa.Engine) -> dict:
     from clinic_lib.core.clinic_days import next_clinic_day
     from clinic_lib.modeling.evaluate import NotEnoughData
     from clinic_lib.modeling.monitoring import latest_drop_day, update_monitoring
-    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.predict import model_path, score_day
-    from clinic_lib.reception.priorities import build_priorities
+    from clinic_lib.modeling.retraining import retrain_decision
     from clinic_lib.modeling.train import train
+    from clinic_lib.reception.priorities import build_priorities
     day = parse_day(day)
     update_monitoring(day, engine)
     with engine.connect() as conn:

@@ -31,8 +31,8 @@ from filelock import FileLock, Timeout
 
 from clinic_lib.core.config import PROJECT_ROOT, get_settings
 from clinic_lib.core.errors import CannotRun, UserError
-from clinic_lib.pipeline.kernels import RunStopped
 from clinic_lib.core.timeutil import parse_day, utc_now_text
+from clinic_lib.pipeline.kernels import RunStopped
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 log = logging.getLogger("clinic.run")

@@ -37,9 +37,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from clinic_lib.core import db
+from clinic_lib.core.clinic_days import next_clinic_day
 from clinic_lib.core.config import Settings, get_settings
 from clinic_lib.core.errors import CannotRun
-from clinic_lib.core.clinic_days import next_clinic_day
 from clinic_lib.core.timeutil import BadDate, parse_day, today_local, utc_now_text
 
 log = logging.getLogger("clinic.api")

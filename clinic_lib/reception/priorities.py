@@ -45,10 +45,10 @@ import sqlalchemy as sa
 
 from clinic_lib.core import db
 from clinic_lib.core.config import Settings, get_settings
-from clinic_lib.reception.holdout import clinic_secret, held_out
 from clinic_lib.core.migrate import ensure_schema
 from clinic_lib.core.phones import dialable
 from clinic_lib.core.timeutil import parse_day, read_instants, utc_now_text
+from clinic_lib.reception.holdout import clinic_secret, held_out
 
 HEURISTIC = {"base": 0.05, "new_patient": 0.10, "lead": 0.10, "lead_cap_days": 30, "no_show_rate": 0.60}
 EARLY_SLOT_BEFORE = dt.time(10, 0)

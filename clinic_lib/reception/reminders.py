@@ -37,8 +37,8 @@ from clinic_lib.core import db
 from clinic_lib.core.config import Settings, get_settings
 from clinic_lib.core.errors import CannotRun
 from clinic_lib.core.migrate import ensure_schema
-from clinic_lib.reception.priorities import day_param
 from clinic_lib.core.timeutil import parse_day, read_instants, utc_now_text
+from clinic_lib.reception.priorities import day_param
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "reminder.txt"
 PLACEHOLDERS = ("clinic_name", "clinic_phone", "patient_name", "first_name", "date", "time", "physio",

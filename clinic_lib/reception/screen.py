@@ -21,13 +21,12 @@ session's CSRF token and the user's name are put into it.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import datetime as dt
 import logging
 import re
 import time
 from functools import lru_cache, wraps
+from pathlib import Path
 
 import jinja2.ext
 import sqlalchemy as sa
@@ -35,17 +34,13 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
-from clinic_lib.reception import call_list
-
 from clinic_lib.core import db
-
-from clinic_lib.reception import users
-
-from clinic_lib.reception import sessions as web_session
 from clinic_lib.core.clinic_days import working_weekdays
-from clinic_lib.reception.call_list import BadInput
 from clinic_lib.core.config import Settings
 from clinic_lib.core.timeutil import BadDate, parse_day, today_local
+from clinic_lib.reception import call_list, users
+from clinic_lib.reception import sessions as web_session
+from clinic_lib.reception.call_list import BadInput
 
 log = logging.getLogger("clinic.reception")
 

@@ -10,8 +10,17 @@ import pyarrow as pa
 
 from clinic_lib.core import db, phones
 from clinic_lib.core.config import get_settings
-from clinic_lib.ingest.drop_format import (ID_COLUMN, MAX_EUROS, OFFSET_PATTERN, PLAIN_EUROS, PLAIN_ID, PLAIN_INSTANT,
-                                          TIME_OF_DAY, id_values, plain_values)
+from clinic_lib.ingest.drop_format import (
+    ID_COLUMN,
+    MAX_EUROS,
+    OFFSET_PATTERN,
+    PLAIN_EUROS,
+    PLAIN_ID,
+    PLAIN_INSTANT,
+    TIME_OF_DAY,
+    id_values,
+    plain_values,
+)
 from clinic_lib.validation.checks import CATALOGUE
 from clinic_lib.validation.report import MAX_EXAMPLES, Report
 
