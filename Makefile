@@ -24,9 +24,10 @@ demo: $(STAMP)
 	$(BIN)/python run_daily.py --from $$($(BIN)/clinic demo-day --first) --to $$($(BIN)/clinic demo-day)
 	@$(BIN)/clinic where
 
-# Tests run in parallel (pytest-xdist), one worker per core unless TEST_WORKERS says otherwise; the
-# tests of a module that shares an expensive fixture (a demo clinic, a server) stay on one worker.
-TEST_WORKERS ?= auto
+# Tests run in parallel (pytest-xdist): one worker more than the cores, because the browser and
+# end-to-end tests spend part of their time waiting on servers, kernels and idle gaps; the tests
+# that share an expensive fixture (a demo clinic, a server) stay on one worker.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
