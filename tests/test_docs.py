@@ -202,15 +202,17 @@ def test_a_bar_in_a_meaning_does_not_break_the_table(monkeypatch):
 
 # --- no history, no issue tags, no timings in comments ---------------------------------------------
 
+# A work period of the project's history, spelt so that this file does not itself read as one.
+PERIOD = r"se[s]sions?"
 HISTORY = re.compile("|".join([
-    r"\bissues?\s*#?\d+",                                              # issue 18, issue #5
+    r"\bissues?\s*#?\d+",                                              # an issue's number
     r"\bmachine of\b",                                                 # "the machine of" a day
-    r"\b\d{4}-\d{2}-\d{2}'s\b",                                        # a date's session
+    r"\b\d{4}-\d{2}-\d{2}'s\b",                                        # a date's work
     r"\b(?:first|second|third|fourth|fifth|sixth|this|that|earlier|previous|latest|last)"
-    r"\s+sessions?(?:'s)?\s+(?:machine|changes?|code|measured|figures?)",  # the fourth session's machine
-    r"\b(?:first|second|third|fourth|fifth|sixth)\s+session\b",        # the fourth session
-    r"\bmeasured\s+(?:on\s+)?\d{4}-\d{2}-\d{2}",                       # measured 2026-11-25
-    r"\bbefore this session\b",
+    r"\s+" + PERIOD + r"(?:'s)?\s+(?:machine|changes?|code|measured|figures?)",  # an ordinal period's machine
+    r"\b(?:first|second|third|fourth|fifth|sixth)\s+" + PERIOD + r"\b",  # an ordinal period
+    r"\bmeasured\s+(?:on\s+)?\d{4}-\d{2}-\d{2}",                       # measured on a date
+    r"\bbefore this\s+" + PERIOD + r"\b",
 ]), re.IGNORECASE)
 
 NUMBER = r"~?\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?"  # 3, 0.06, ~45, 0.24-0.30
