@@ -141,6 +141,18 @@ def clinic_db(tmp_path, db_url):
     engine.dispose()  # before conftest drops the Postgres database
 
 
+@pytest.fixture
+def sqlite_clinic(tmp_path, monkeypatch):
+    """The fixture clinic in a SQLite file under tmp_path: (its URL, an engine on it)."""
+    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
+    url = f"sqlite:///{tmp_path / 'clinic.db'}"
+    engine = db.make_engine(url)
+    migrate(engine)
+    fx.load(engine)
+    yield url, engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
@@ -359,14 +371,10 @@ def _visit(browser, url: str, timeout_ms: int, viewport=None):
     return page, time.monotonic() - t0
 
 
-def test_first_visit_after_an_idle_gap_longer_than_the_cell_timeout(tmp_path, browser, monkeypatch):
+def test_first_visit_after_an_idle_gap_longer_than_the_cell_timeout(tmp_path, browser, sqlite_clinic):
     """The preheated kernel waits for its visitor however long that takes: a visit after a quiet
     spell longer than the cell timeout gets the dashboard (before: "Cell execution timed out")."""
-    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    engine = db.make_engine(url)
-    migrate(engine)
-    fx.load(engine)
+    url, engine = sqlite_clinic
     cell_timeout = 8
     server = Server(tmp_path, url, CLINIC_DASHBOARD_CELL_TIMEOUT=str(cell_timeout))
     try:
@@ -419,16 +427,12 @@ PAYLOADS = ['<script>window.__xss=1;alert(1)</script>',
             "'-alert(1)-'"]
 
 
-def test_script_payloads_in_every_url_parameter(tmp_path, browser, monkeypatch):
+def test_script_payloads_in_every_url_parameter(tmp_path, browser, sqlite_clinic):
     """The usual payloads in every parameter the page reads (day, start, end, physio, as_of) and in
     ones it does not (Voila's template and theme, an unknown one): no dialog, no script run, no
     element injected; the page notes what it ignored, as text."""
     from urllib.parse import quote
-    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    engine = db.make_engine(url)
-    migrate(engine)
-    fx.load(engine)
+    url, engine = sqlite_clinic
     server = Server(tmp_path, url, CLINIC_DASHBOARD_MAX_VISITORS="30")
     try:
         for payload in PAYLOADS:
@@ -455,15 +459,11 @@ def test_script_payloads_in_every_url_parameter(tmp_path, browser, monkeypatch):
         engine.dispose()
 
 
-def test_visitors_kernels_are_bounded_and_end_when_unused(tmp_path, browser, monkeypatch):
+def test_visitors_kernels_are_bounded_and_end_when_unused(tmp_path, browser, sqlite_clinic):
     """Two visitors at most (CLINIC_DASHBOARD_MAX_VISITORS=2): a third gets the "busy" page; a
     closed tab frees its kernel at once (Voila's beacon), a page closed without it (a phone putting
     the browser away) and a page left unused end after the idle time, and the page says it slept."""
-    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    engine = db.make_engine(url)
-    migrate(engine)
-    fx.load(engine)
+    url, engine = sqlite_clinic
     idle_seconds = 30
     server = Server(tmp_path, url, CLINIC_DASHBOARD_MAX_VISITORS="2",
                     CLINIC_DASHBOARD_IDLE_MINUTES=str(idle_seconds / 60))
@@ -500,14 +500,10 @@ def test_visitors_kernels_are_bounded_and_end_when_unused(tmp_path, browser, mon
         engine.dispose()
 
 
-def test_the_page_on_a_phone(tmp_path, browser, monkeypatch):
+def test_the_page_on_a_phone(tmp_path, browser, sqlite_clinic):
     """At 390 px: one column of charts inside the screen, chart titles whole and clear of their
     legends, every card's value inside its card (also a six-figure outstanding amount)."""
-    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    engine = db.make_engine(url)
-    migrate(engine)
-    fx.load(engine)
+    url, engine = sqlite_clinic
     with db.begin_write(engine) as conn:  # a large unpaid visit: the outstanding card shows €1,235,... 
         conn.execute(db.appointments.insert().values(
             appointment_id=999, patient_id=1, physio_id=1, appt_start="2026-02-09T08:00:00+00:00",
@@ -548,16 +544,12 @@ def test_the_page_on_a_phone(tmp_path, browser, monkeypatch):
         engine.dispose()
 
 
-def test_the_model_in_practice_section(tmp_path, browser, monkeypatch):
+def test_the_model_in_practice_section(tmp_path, browser, sqlite_clinic):
     """Two weeks of scores with known outcomes (the chain's monitoring rows written by
     monitoring.update_monitoring) and a metrics.json with a holdout estimate and a retrain reason:
     the section shows the realised ROC AUC per week against the dashed holdout line, observed vs
     predicted failure rate per week, and the last retrain with its reason."""
-    monkeypatch.setenv("CLINIC_TZ", "Europe/Berlin")
-    url = f"sqlite:///{tmp_path / 'clinic.db'}"
-    engine = db.make_engine(url)
-    migrate(engine)
-    fx.load(engine)
+    url, engine = sqlite_clinic
     fx.add_model_history(engine, tmp_path / "outputs")  # the server's CLINIC_OUTPUTS_DIR
     server = Server(tmp_path, url)
     try:
